@@ -1,0 +1,68 @@
+"""/v1/batches: create, retrieve, list, cancel."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+from pydantic import ValidationError
+
+from gateway.api import cursor_param, int_param, json_response, service
+from gateway.auth import tenant_of
+from gateway.errors import InvalidRequest, UnsupportedMedia
+from gateway.wire import CreateBatchBody, list_object
+
+STALE_HEADER = "X-Gateway-Stale"
+
+
+def _validation_error(exc: ValidationError) -> InvalidRequest:
+    err = exc.errors()[0]
+    param = ".".join(str(p) for p in err["loc"]) or None
+    if err["type"] == "extra_forbidden":
+        return InvalidRequest(f"Unrecognized request argument supplied: {param}", param=param)
+    if err["type"] == "missing":
+        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param)
+    message = err["msg"].removeprefix("Value error, ")
+    return InvalidRequest(f"Invalid value for '{param}': {message}.", param=param)
+
+
+async def create(request: web.Request) -> web.Response:
+    if request.content_type != "application/json":
+        raise UnsupportedMedia("Send the request body as application/json.")
+    try:
+        data = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("We could not parse the JSON body of your request.") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    try:
+        body = CreateBatchBody.model_validate(data)
+    except ValidationError as exc:
+        raise _validation_error(exc) from None
+    return json_response(await service(request).create_batch(tenant_of(request), body))
+
+
+async def retrieve(request: web.Request) -> web.Response:
+    view = await service(request).retrieve_batch(tenant_of(request), request.match_info["batch_id"])
+    headers = {STALE_HEADER: "true"} if view.stale else None
+    return json_response(view.object, headers=headers)
+
+
+async def list_batches(request: web.Request) -> web.Response:
+    page = await service(request).list_batches(
+        tenant_of(request),
+        after=cursor_param(request),
+        limit=int_param(request, "limit", 20, 1, 100),
+    )
+    return json_response(list_object([r.object for r in page.data], page.has_more))
+
+
+async def cancel(request: web.Request) -> web.Response:
+    obj = await service(request).cancel_batch(tenant_of(request), request.match_info["batch_id"])
+    return json_response(obj)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/batches", create)
+    app.router.add_get("/v1/batches", list_batches)
+    app.router.add_get("/v1/batches/{batch_id}", retrieve)
+    app.router.add_post("/v1/batches/{batch_id}/cancel", cancel)

@@ -1,0 +1,149 @@
+"""/v1/files: upload (multipart, streamed), list, retrieve, content, delete."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import BodyPartReader, web
+from pydantic import ValidationError
+
+from gateway.api import choice_param, cursor_param, int_param, json_response, service
+from gateway.auth import tenant_of
+from gateway.errors import InvalidRequest, UnsupportedMedia
+from gateway.store import FileRecord
+from gateway.wire import ExpiresAfter, file_list, file_object
+
+CHUNK = 256 * 1024
+MAX_FIELD = 1024
+UPLOAD_PURPOSES = ("batch",)
+ALL_PURPOSES = ("batch", "batch_output")
+
+
+async def _text(part: BodyPartReader) -> str:
+    data = bytearray()
+    while chunk := await part.read_chunk(MAX_FIELD):
+        data += chunk
+        if len(data) > MAX_FIELD:
+            raise InvalidRequest(f"The form field '{part.name}' is too long.", param=part.name)
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise InvalidRequest(
+            f"The form field '{part.name}' is not UTF-8.", param=part.name
+        ) from None
+
+
+async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(CHUNK):
+        yield bytes(chunk)
+
+
+def _expires_after(fields: dict[str, str]) -> ExpiresAfter | None:
+    anchor, seconds = fields.get("expires_after[anchor]"), fields.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
+        return None
+    try:
+        return ExpiresAfter.model_validate({"anchor": anchor, "seconds": seconds})
+    except ValidationError:
+        raise InvalidRequest(
+            "'expires_after' needs anchor 'created_at' and seconds between 3600 and 2592000.",
+            param="expires_after",
+        ) from None
+
+
+async def upload(request: web.Request) -> web.Response:
+    if request.content_type != "multipart/form-data":
+        raise UnsupportedMedia(
+            "Upload files as multipart/form-data with parts 'file' and 'purpose'."
+        )
+    tenant = tenant_of(request)
+    svc = service(request)
+    reader = await request.multipart()
+    fields: dict[str, str] = {}
+    record: FileRecord | None = None
+    try:
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise InvalidRequest("Nested multipart bodies are not supported.")
+            if part.name == "file" and part.filename is not None:
+                if record is not None:
+                    raise InvalidRequest("Send exactly one 'file' part.", param="file")
+                purpose = fields.get("purpose", "batch")
+                if purpose not in UPLOAD_PURPOSES:
+                    raise _bad_purpose(purpose)
+                record = await svc.upload(
+                    tenant,
+                    part.filename[:255] or "upload.jsonl",
+                    _chunks(part),
+                    _expires_after(fields),
+                )
+            elif part.name:
+                fields[part.name] = await _text(part)
+        if record is None:
+            raise InvalidRequest("The 'file' part is missing.", param="file")
+        if "purpose" not in fields:
+            raise InvalidRequest("The 'purpose' field is missing.", param="purpose")
+        if fields["purpose"] not in UPLOAD_PURPOSES:
+            raise _bad_purpose(fields["purpose"])
+    except BaseException:
+        if record is not None:  # a later part was bad: nothing of this upload stays
+            await svc.delete_file(tenant, record.id)
+        raise
+    return json_response(file_object(record))
+
+
+def _bad_purpose(purpose: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"Invalid purpose {purpose[:64]!r}: this gateway accepts uploads with purpose 'batch'.",
+        param="purpose",
+    )
+
+
+async def list_files(request: web.Request) -> web.Response:
+    purpose = request.query.get("purpose")
+    if purpose is not None and purpose not in ALL_PURPOSES:
+        raise InvalidRequest(
+            f"'purpose' must be one of: {', '.join(ALL_PURPOSES)}.", param="purpose"
+        )
+    page = await service(request).list_files(
+        tenant_of(request),
+        purpose=purpose,
+        after=cursor_param(request),
+        limit=int_param(request, "limit", 10_000, 1, 10_000),
+        order=choice_param(request, "order", "desc", ("asc", "desc")),
+    )
+    return json_response(file_list(page))
+
+
+async def retrieve(request: web.Request) -> web.Response:
+    record = await service(request).get_file(tenant_of(request), request.match_info["file_id"])
+    return json_response(file_object(record))
+
+
+async def delete(request: web.Request) -> web.Response:
+    file_id = request.match_info["file_id"]
+    await service(request).delete_file(tenant_of(request), file_id)
+    return json_response({"id": file_id, "object": "file", "deleted": True})
+
+
+async def content(request: web.Request) -> web.StreamResponse:
+    source = await service(request).open_content(tenant_of(request), request.match_info["file_id"])
+    if isinstance(source, FileRecord):
+        assert source.blob is not None
+        path = service(request).blobs.path(source.blob)
+        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+    async with source as chunks:
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        async for chunk in chunks:
+            await response.write(chunk)
+        await response.write_eof()
+    return response
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/files", upload)
+    app.router.add_get("/v1/files", list_files)
+    app.router.add_get("/v1/files/{file_id}", retrieve)
+    app.router.add_delete("/v1/files/{file_id}", delete)
+    app.router.add_get("/v1/files/{file_id}/content", content)

@@ -1,0 +1,103 @@
+"""`batch-gateway serve | check-config | demo | hash-key`."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import sys
+from pathlib import Path
+
+from gateway.config import Config, ConfigError, OpenAIProviderConfig, load_config
+
+DEFAULT_CONFIG = "config.yaml"
+
+
+def _load(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"batch-gateway: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from gateway.app import create_app
+
+    config = _load(args.config)
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    web.run_app(
+        create_app(config),
+        host=host,
+        port=port,
+        access_log=None,
+        print=lambda _: logging.getLogger("gateway").info("listening on http://%s:%s", host, port),
+    )
+    return 0
+
+
+def check_config(args: argparse.Namespace) -> int:
+    from gateway.routing import Router
+
+    config = _load(args.config)
+    print(f"config: {Path(args.config).resolve()}")
+    print(f"store:  {config.store.url}")
+    print(f"blobs:  {config.blobs.dir}")
+    print("providers:")
+    for name, provider in config.providers.items():
+        where = provider.base_url if isinstance(provider, OpenAIProviderConfig) else "in-process"
+        state = f"disabled: {provider.disabled_reason}" if provider.disabled_reason else "enabled"
+        endpoints = ", ".join(provider.endpoints) if provider.endpoints else "all"
+        print(f"  {name:<12} {provider.type:<8} {where}  [{state}]  endpoints: {endpoints}")
+    print("routing:")
+    enabled = {n: p for n, p in config.providers.items() if not p.disabled_reason}
+    for line in Router(config, enabled).table():  # type: ignore[arg-type]
+        print(f"  {line}")
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(args.base_url, args.api_key, lines=args.lines, timeout=args.timeout)
+
+
+def hash_key(args: argparse.Namespace) -> int:
+    from gateway.auth import hash_key as digest
+
+    key = args.key or getpass.getpass("gateway key: ")
+    print(digest(key))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="batch-gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the gateway")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=serve)
+
+    p = sub.add_parser("check-config", help="validate a config and print the routing table")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.set_defaults(func=check_config)
+
+    p = sub.add_parser("demo", help="run a batch end to end against a running gateway")
+    p.add_argument("--base-url", default="http://127.0.0.1:8080/v1")
+    p.add_argument("--api-key", default="demo")
+    p.add_argument("--lines", type=int, default=12)
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.set_defaults(func=demo)
+
+    p = sub.add_parser("hash-key", help="print the SHA-256 of a gateway key for config.yaml")
+    p.add_argument("key", nargs="?")
+    p.set_defaults(func=hash_key)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,166 @@
+"""Every error a client can see, and the one middleware that renders them.
+
+    APIError                      (status, type, code) -> OpenAI error envelope
+      InvalidRequest    400 invalid_request_error
+      Unauthorized      401 invalid_request_error / invalid_api_key
+      NotFound          404 invalid_request_error
+      MethodNotAllowed  405 invalid_request_error
+      PayloadTooLarge   413 invalid_request_error
+      UnsupportedMedia  415 invalid_request_error
+      RateLimited       429 rate_limit_exceeded
+      UpstreamError     502/503/504 upstream_error (no provider key, URL or id inside)
+      InternalError     500 server_error
+
+Handlers raise; only `error_middleware` builds bodies.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from providers.base import ProviderError
+
+log = logging.getLogger("gateway.errors")
+
+
+class APIError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, object]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(APIError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class Unauthorized(APIError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class NotFound(APIError):
+    status = 404
+    type = "invalid_request_error"
+
+
+class MethodNotAllowed(APIError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(APIError):
+    status = 413
+    type = "invalid_request_error"
+    code = "file_too_large"
+
+
+class UnsupportedMedia(APIError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class RateLimited(APIError):
+    status = 429
+    type = "rate_limit_exceeded"
+    code = "rate_limit_exceeded"
+
+
+class UpstreamError(APIError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class InternalError(APIError):
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+
+def from_provider(exc: ProviderError) -> APIError:
+    """Map a provider failure to what the client sees (its message is already safe)."""
+    if exc.kind == "bad_request":
+        return InvalidRequest(exc.message, code=exc.code or "upstream_rejected")
+    if exc.kind == "not_found":
+        return UpstreamError(
+            "The upstream provider no longer has this object.", code="upstream_not_found"
+        )
+    if exc.kind == "auth":
+        return UpstreamError(
+            "The upstream provider rejected the gateway's credentials.", code="upstream_auth_failed"
+        )
+    err = UpstreamError(
+        f"The upstream provider is unavailable: {exc.message}", code="upstream_unavailable"
+    )
+    err.status = 503
+    return err
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except APIError as exc:
+        error = exc
+    except ProviderError as exc:
+        error = from_provider(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = _from_http(exc, request)
+    except Exception as exc:  # the last line of defence: never a stack trace to a client
+        log.error("unhandled error on %s %s: %s", request.method, request.path, type(exc).__name__)
+        error = InternalError("The gateway had an internal error; it has been logged.")
+    headers = dict(error.headers)
+    if error.status == 409:
+        headers["x-should-retry"] = "false"
+    return web.json_response(error.body(), status=error.status, headers=headers)
+
+
+def _from_http(exc: web.HTTPException, request: web.Request) -> APIError:
+    if exc.status == 404:
+        return NotFound(
+            f"Unknown request URL: {request.method} {request.path}.", code="unknown_url"
+        )
+    if exc.status == 405:
+        return MethodNotAllowed(f"Method {request.method} is not allowed for {request.path}.")
+    if exc.status == 413:
+        return PayloadTooLarge("The request body is too large.")
+    err = InvalidRequest(exc.reason or "Bad request.")
+    err.status = exc.status
+    return err

@@ -1,0 +1,93 @@
+"""Records and the store interface every backend implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class FileRecord:
+    id: str
+    tenant: str
+    purpose: str
+    filename: str
+    bytes: int
+    created_at: int
+    expires_at: int | None = None
+    sha256: str | None = None
+    line_count: int | None = None
+    endpoint: str | None = None
+    models: tuple[str, ...] = ()
+    # Bytes live either in the local blob store (`blob`) or at a provider.
+    blob: str | None = None
+    provider: str | None = None
+    upstream_id: str | None = None
+    batch_id: str | None = None
+
+
+@dataclass(slots=True)
+class BatchRecord:
+    id: str
+    tenant: str
+    provider: str
+    input_file_id: str
+    created_at: int
+    # The public Batch object as last normalized (gateway ids only).
+    object: dict[str, Any]
+    upstream_id: str | None = None
+    output_ttl: int | None = None
+    # True between the row write and the upstream create completing.
+    pending: bool = True
+
+    @property
+    def status(self) -> str:
+        return str(self.object["status"])
+
+
+@dataclass(slots=True)
+class Page(Generic[T]):
+    data: list[T] = field(default_factory=list)
+    has_more: bool = False
+
+
+class Store(Protocol):
+    async def close(self) -> None: ...
+
+    async def insert_file(self, record: FileRecord) -> None: ...
+
+    async def get_file(self, file_id: str, tenant: str | None = None) -> FileRecord | None: ...
+
+    async def find_file_by_upstream(self, provider: str, upstream_id: str) -> FileRecord | None: ...
+
+    async def list_files(
+        self, tenant: str, *, purpose: str | None, after: str | None, limit: int, order: str
+    ) -> Page[FileRecord]: ...
+
+    async def delete_file(self, file_id: str) -> None: ...
+
+    async def get_upstream_file(self, file_id: str, provider: str) -> str | None: ...
+
+    async def put_upstream_file(self, file_id: str, provider: str, upstream_id: str) -> None: ...
+
+    async def insert_batch(self, record: BatchRecord) -> None: ...
+
+    async def update_batch(self, record: BatchRecord) -> None: ...
+
+    async def delete_batch(self, batch_id: str) -> None: ...
+
+    async def get_batch(self, batch_id: str, tenant: str | None = None) -> BatchRecord | None: ...
+
+    async def list_batches(
+        self, tenant: str, *, after: str | None, limit: int
+    ) -> Page[BatchRecord]: ...
+
+    async def pending_batches(self) -> list[BatchRecord]: ...
+
+    async def active_batches(self) -> list[BatchRecord]: ...
+
+
+class UnknownCursor(Exception):
+    """`after` names no object the caller can see."""

@@ -1,0 +1,1 @@
+"""Provider adapters: one `Provider` protocol, one module per kind of upstream."""

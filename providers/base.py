@@ -1,0 +1,193 @@
+"""The one seam every provider adapter fills.
+
+The gateway speaks OpenAI's vocabulary everywhere, so an adapter's whole job is
+to translate its provider into `UpstreamBatch` / `UpstreamFile` (still carrying
+the *provider's* ids; `gateway.service` rewrites them once for every adapter)
+and to raise `ProviderError` with a `kind` the gateway can act on.
+
+    ProviderError
+      kind = "retryable"    connection error, timeout, 429, 5xx: another try may work
+      kind = "auth"         the provider refused our key (never the client's fault)
+      kind = "not_found"    the upstream object is gone
+      kind = "bad_request"  the provider rejected the input itself
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+ErrorKind = Literal["retryable", "auth", "not_found", "bad_request"]
+
+BATCH_STATUSES = (
+    "validating",
+    "failed",
+    "in_progress",
+    "finalizing",
+    "completed",
+    "expired",
+    "cancelling",
+    "cancelled",
+)
+TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+
+# Every endpoint OpenAI's Batch API accepts; adapters narrow it per provider.
+ALL_ENDPOINTS = (
+    "/v1/responses",
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/videos",
+)
+
+TIMESTAMP_FIELDS = (
+    "in_progress_at",
+    "expires_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+)
+
+
+class ProviderError(Exception):
+    """An upstream call failed; `message` is safe to show a client (no keys, no URLs)."""
+
+    def __init__(
+        self, kind: ErrorKind, message: str, *, status: int | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.kind: ErrorKind = kind
+        self.message = message
+        self.status = status
+        self.code = code
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind == "retryable"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCounts:
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+@dataclass(slots=True)
+class UpstreamBatch:
+    """A provider's batch in OpenAI vocabulary, with the provider's own ids.
+
+    Timestamps are Unix seconds or None; an adapter turns placeholders into None
+    rather than passing on a wrong number.
+    """
+
+    id: str
+    status: str
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    model: str | None = None
+    errors: list[dict[str, Any]] | None = None
+    request_counts: RequestCounts | None = None
+    usage: dict[str, Any] | None = None
+    timestamps: dict[str, int | None] = field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamFile:
+    id: str
+    bytes: int
+    created_at: int
+    filename: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRequest:
+    """What a provider needs to create a batch from an already uploaded file."""
+
+    input_file_id: str
+    endpoint: str
+    completion_window: str = "24h"
+    metadata: dict[str, str] | None = None
+    output_expires_after: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InputFile:
+    """A validated gateway input file, as handed to `Provider.upload_file`."""
+
+    path: Path
+    filename: str
+    bytes: int
+    line_count: int
+    endpoint: str
+    models: tuple[str, ...]
+
+
+ByteStream = AbstractAsyncContextManager[AsyncIterator[bytes]]
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """An upstream that runs batches. One instance per configured provider."""
+
+    name: str
+    endpoints: frozenset[str]
+
+    def supports(self, endpoint: str) -> bool: ...
+
+    async def upload_file(self, file: InputFile) -> str:
+        """Upload a validated JSONL input file; return the provider's file id."""
+        ...
+
+    async def create_batch(self, request: BatchRequest) -> UpstreamBatch: ...
+
+    async def get_batch(self, upstream_id: str) -> UpstreamBatch: ...
+
+    async def cancel_batch(self, upstream_id: str) -> UpstreamBatch: ...
+
+    async def get_file(self, upstream_file_id: str) -> UpstreamFile: ...
+
+    def open_file_content(self, upstream_file_id: str) -> ByteStream:
+        """Context manager yielding the file's bytes as chunks.
+
+        Entering it performs the request, so a missing file raises before the
+        gateway starts its own response.
+        """
+        ...
+
+    async def close(self) -> None: ...
+
+
+class BaseProvider:
+    """Shared behaviour: endpoint support and a no-op close."""
+
+    name: str
+    endpoints: frozenset[str]
+
+    def __init__(self, name: str, endpoints: frozenset[str]) -> None:
+        self.name = name
+        self.endpoints = endpoints
+
+    def supports(self, endpoint: str) -> bool:
+        return endpoint in self.endpoints
+
+    async def close(self) -> None:
+        return None
+
+
+def now() -> int:
+    return int(time.time())

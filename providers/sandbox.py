@@ -1,0 +1,456 @@
+"""Built-in offline provider that plays OpenAI's batch lifecycle from files on disk.
+
+The gateway, its tests and the demo need an upstream that behaves like a real one
+(statuses advancing over time, output + error files, partial results on cancel)
+without network or keys. All state is on disk and the status is derived from wall
+clock time, so a restart keeps working and no background task is needed.
+
+On disk: `<file id>.jsonl` + `<file id>.meta.json` per file, `<batch id>.json` per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from providers.base import (
+    TERMINAL_STATUSES,
+    BaseProvider,
+    BatchRequest,
+    InputFile,
+    ProviderError,
+    RequestCounts,
+    UpstreamBatch,
+    UpstreamFile,
+    now,
+)
+
+__all__ = ["SandboxProvider", "embedding_vector", "line_error", "result_body", "result_line"]
+
+CHUNK_SIZE = 64 * 1024
+EXPIRY_SECONDS = 86_400
+_FILE_ID = re.compile(r"file-sbx[0-9a-f]{24}")
+_BATCH_ID = re.compile(r"batch_sbx[0-9a-f]{24}")
+_REQUIRED = {  # what each endpoint refuses to run without
+    "/v1/chat/completions": ("model", "messages"),
+    "/v1/embeddings": ("model", "input"),
+    "/v1/completions": ("model", "prompt"),
+    "/v1/responses": ("model", "input"),
+    "/v1/moderations": ("input",),
+}
+_CANCELLED_MESSAGE = "The batch was cancelled before this request ran."
+_CANCELLED = {"code": "batch_cancelled", "message": _CANCELLED_MESSAGE}
+Refusal = tuple[int, str, str | None, str | None]  # status, message, param, code
+
+
+def _hex(*parts: object) -> str:
+    """Stable pseudo-random hex, so the same batch line always gets the same ids."""
+    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:24]
+
+
+def _text(value: Any) -> str:
+    """Flatten OpenAI content shapes (str, parts list, message dicts) into plain text."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return " ".join(t for t in map(_text, value) if t)
+    if isinstance(value, dict):
+        return _text(value.get("text", value.get("content", "")))
+    return ""
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _last_user_text(items: Any) -> str:
+    if not isinstance(items, list) or not items:
+        return _text(items)
+    users = [m for m in items if isinstance(m, dict) and m.get("role") == "user"]
+    return _text((users or items)[-1])
+
+
+def _inputs(value: Any) -> list[str]:
+    """A string or a list of inputs; a token array counts as one input."""
+    if isinstance(value, list) and value and not all(isinstance(v, int) for v in value):
+        return [v if isinstance(v, str) else json.dumps(v) for v in value]
+    return [value if isinstance(value, str) else json.dumps(value)]
+
+
+def _chat_usage(prompt: int, completion: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _usage(inp: int, out: int) -> dict[str, Any]:
+    """The Responses / Batch `usage` shape."""
+    return {
+        "input_tokens": inp,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": out,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": inp + out,
+    }
+
+
+def embedding_vector(text: str, dimensions: int = 8) -> list[float]:
+    """Floats in [-1, 1) from sha256 of the text: same text, same vector."""
+    out: list[float] = []
+    while len(out) < dimensions:
+        block = len(out) // 8
+        digest = hashlib.sha256((f"{block}:{text}" if block else text).encode()).digest()
+        out.extend(round(int.from_bytes(digest[i : i + 4]) / 2**31 - 1, 6) for i in range(0, 32, 4))
+    return out[:dimensions]
+
+
+def line_error(endpoint: str, body: Any) -> Refusal | None:
+    """Why the real endpoint would refuse this request body; None if it would run."""
+    if not isinstance(body, dict):
+        return 400, "The request body must be a JSON object.", "body", None
+    for param in _REQUIRED.get(endpoint, ()):
+        if not body.get(param) or (param == "messages" and not isinstance(body[param], list)):
+            message = f"Missing required parameter: '{param}'."
+            return 400, message, param, "missing_required_parameter"
+    model = body.get("model")
+    if isinstance(model, str) and model.startswith("unknown"):
+        message = f"The model `{model}` does not exist or you do not have access to it."
+        return 404, message, None, "model_not_found"
+    return None
+
+
+def result_body(endpoint: str, body: dict[str, Any], *, seed: str, created: int) -> dict[str, Any]:
+    """The 200 body the real endpoint would return for an accepted request."""
+    model = body.get("model")
+    if endpoint == "/v1/chat/completions":
+        reply = f"Sandbox reply to: {_last_user_text(body['messages'])[:200]}"
+        message = {"role": "assistant", "content": reply, "refusal": None}
+        choice = {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}
+        usage = _chat_usage(max(1, _words(_text(body["messages"]))), _words(reply))
+        head = {"id": f"chatcmpl-{seed}", "object": "chat.completion", "created": created}
+        return {**head, "model": model, "choices": [choice], "usage": usage}
+    if endpoint == "/v1/embeddings":
+        texts = _inputs(body["input"])
+        dims = body.get("dimensions")
+        dims = dims if type(dims) is int and 0 < dims <= 8192 else 8
+        data = [
+            {"object": "embedding", "index": i, "embedding": embedding_vector(t, dims)}
+            for i, t in enumerate(texts)
+        ]
+        tokens = sum(max(1, _words(t)) for t in texts)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return {"object": "list", "data": data, "model": model, "usage": usage}
+    if endpoint == "/v1/completions":
+        prompts = _inputs(body["prompt"])
+        texts = [f"Sandbox completion of: {p[:200]}" for p in prompts]
+        choices = [
+            {"text": t, "index": i, "logprobs": None, "finish_reason": "stop"}
+            for i, t in enumerate(texts)
+        ]
+        usage = _chat_usage(sum(max(1, _words(p)) for p in prompts), sum(map(_words, texts)))
+        head = {"id": f"cmpl-{seed}", "object": "text_completion", "created": created}
+        return {**head, "model": model, "choices": choices, "usage": usage}
+    if endpoint == "/v1/responses":
+        text = f"Sandbox reply to: {_last_user_text(body['input'])[:200]}"
+        part = {"type": "output_text", "text": text, "annotations": []}
+        item = {"type": "message", "id": f"msg_{seed}", "status": "completed", "role": "assistant"}
+        prompt = _text(body["input"]) + " " + _text(body.get("instructions"))
+        usage = _usage(max(1, _words(prompt)), _words(text))
+        head = {"id": f"resp_{seed}", "object": "response", "created_at": created}
+        output = [{**item, "content": [part]}]
+        return {**head, "status": "completed", "model": model, "output": output, "usage": usage}
+    if endpoint == "/v1/moderations":
+        result = {"flagged": False, "categories": {}, "category_scores": {}}
+        results = [dict(result) for _ in _inputs(body["input"])]
+        return {
+            "id": f"modr-{seed}",
+            "model": model or "omni-moderation-latest",
+            "results": results,
+        }
+    return {"object": "sandbox.result"}
+
+
+def _parse(raw: bytes | str) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _refusal(obj: dict[str, Any] | None, endpoint: str) -> Refusal | None:
+    if obj is None:
+        return 400, "This line is not a JSON object.", None, None
+    return line_error(endpoint, obj.get("body"))
+
+
+def result_line(
+    batch_id: str, index: int, endpoint: str, raw: bytes | str, *, created: int, run: bool = True
+) -> tuple[dict[str, Any], bool]:
+    """One input line as its output/error line (True: output file); run=False means cancelled."""
+    obj = _parse(raw)
+    line: dict[str, Any] = {"id": f"batch_req_{_hex(batch_id, index, 'line')}"}
+    line["custom_id"] = obj.get("custom_id") if obj else None
+    if not run:
+        return {**line, "response": None, "error": _CANCELLED}, False
+    request_id = f"req_{_hex(batch_id, index, 'req')}"
+    refusal = _refusal(obj, endpoint)
+    if refusal is None:
+        assert obj is not None  # _refusal refuses anything but an object
+        body = result_body(
+            endpoint, obj["body"], seed=_hex(batch_id, index, "body"), created=created
+        )
+        response = {"status_code": 200, "request_id": request_id, "body": body}
+        return {**line, "response": response, "error": None}, True
+    status, message, param, code = refusal
+    error = {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+    response = {"status_code": status, "request_id": request_id, "body": {"error": error}}
+    return {**line, "response": response, "error": None}, False
+
+
+def timeline(state: dict[str, Any], t: float) -> tuple[str, dict[str, int | None], int]:
+    """(status, timestamps, lines done) of a batch at time t, derived only from its state."""
+    n, line_s, cancel = state["line_count"], state["line_seconds"], state["cancelling_at"]
+    start = state["created"] + state["validate_seconds"]
+    run_end = start + line_s * n
+    final_end = run_end + state["finalize_seconds"]
+    at = t if cancel is None else min(t, cancel)
+    ts: dict[str, int | None] = {"expires_at": state["created_at"] + EXPIRY_SECONDS}
+    if at >= start:
+        ts["in_progress_at"] = int(start)
+    if at >= run_end:
+        ts["finalizing_at"] = int(run_end)
+    done = 0 if at < start else n if line_s <= 0 else min(n, int((at - start) / line_s))
+    if cancel is not None:
+        ts["cancelling_at"] = int(cancel)
+        if t < cancel + state["cancel_seconds"]:
+            return "cancelling", ts, done
+        ts["cancelled_at"] = int(cancel + state["cancel_seconds"])
+        return "cancelled", ts, done
+    if t >= final_end:
+        ts["completed_at"] = int(final_end)
+        return "completed", ts, n
+    return ("validating" if t < start else "in_progress" if t < run_end else "finalizing"), ts, done
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    """Non-blank lines, split on \\n only (as JSONL is defined)."""
+    with path.open("rb") as fh:
+        yield from (raw for raw in fh if raw.strip())
+
+
+def _scan(path: Path, endpoint: str) -> tuple[int, str | None, list[int]]:
+    """Line count, first line's model and the indices that will fail, fixed at creation."""
+    count, model, failed = 0, None, []
+    for index, raw in enumerate(_lines(path)):
+        obj = _parse(raw)
+        body = obj.get("body") if obj else None
+        if index == 0 and isinstance(body, dict) and isinstance(body.get("model"), str):
+            model = body["model"]
+        if _refusal(obj, endpoint) is not None:
+            failed.append(index)
+        count += 1
+    return count, model, failed
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def _not_found(what: str) -> ProviderError:
+    return ProviderError("not_found", f"No such {what} in the sandbox.")
+
+
+class SandboxProvider(BaseProvider):
+    """Simulated OpenAI batches. Timing settings are copied into each batch at creation,
+    so restarting with other settings does not rewrite a running batch's history."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        directory: Path,
+        endpoints: frozenset[str],
+        validate_seconds: float = 1.0,
+        line_seconds: float = 0.2,
+        finalize_seconds: float = 1.0,
+        cancel_seconds: float = 1.0,
+    ) -> None:
+        super().__init__(name, endpoints)
+        self.directory = Path(directory)
+        self.timing = {"validate_seconds": validate_seconds, "line_seconds": line_seconds}
+        self.timing |= {"finalize_seconds": finalize_seconds, "cancel_seconds": cancel_seconds}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _write_json(self, path: Path, data: dict[str, Any]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+        tmp.write_bytes(_dumps(data))
+        os.replace(tmp, path)
+
+    def _read_json(self, path: Path, what: str) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            raise _not_found(what) from None
+        return data
+
+    def _data_path(self, file_id: str) -> Path:
+        """Ids come from outside: only well-formed ones may become paths."""
+        if not _FILE_ID.fullmatch(file_id):
+            raise _not_found("file")
+        return self.directory / f"{file_id}.jsonl"
+
+    def _batch_path(self, batch_id: str) -> Path:
+        if not _BATCH_ID.fullmatch(batch_id):
+            raise _not_found("batch")
+        return self.directory / f"{batch_id}.json"
+
+    def _write_meta(self, file_id: str, filename: str) -> None:
+        """The sidecar is written last, so its presence means the file is complete."""
+        path = self._data_path(file_id)
+        size = path.stat().st_size
+        meta = {"id": file_id, "filename": filename, "bytes": size, "created_at": now()}
+        self._write_json(path.with_suffix(".meta.json"), meta)
+
+    def _publish(self, tmp: Path, filename: str, count: int) -> str | None:
+        if count == 0:
+            tmp.unlink()
+            return None
+        file_id = f"file-sbx{secrets.token_hex(12)}"
+        os.replace(tmp, self._data_path(file_id))
+        self._write_meta(file_id, filename)
+        return file_id
+
+    def _generate(self, state: dict[str, Any], done: int) -> dict[str, Any]:
+        """Write output/error files: the first `done` lines ran, the rest were cancelled."""
+        batch_id, endpoint = state["id"], state["endpoint"]
+        created = int(state["created"] + state["validate_seconds"])
+        tmp_out, tmp_err = (
+            self.directory / f"{batch_id}.{kind}.tmp" for kind in ("output", "error")
+        )
+        ok_count = fail_count = tokens_in = tokens_out = 0
+        with tmp_out.open("wb") as out, tmp_err.open("wb") as err:
+            for index, raw in enumerate(_lines(self._data_path(state["input_file_id"]))):
+                line, ok = result_line(
+                    batch_id, index, endpoint, raw, created=created, run=index < done
+                )
+                (out if ok else err).write(_dumps(line))
+                if not ok:
+                    fail_count += 1
+                    continue
+                ok_count += 1
+                usage = line["response"]["body"].get("usage") or {}
+                tokens_in += usage.get("prompt_tokens", usage.get("input_tokens", 0))
+                tokens_out += usage.get("completion_tokens", usage.get("output_tokens", 0))
+        return {
+            "output_file_id": self._publish(tmp_out, f"{batch_id}_output.jsonl", ok_count),
+            "error_file_id": self._publish(tmp_err, f"{batch_id}_error.jsonl", fail_count),
+            "completed": ok_count,
+            "failed": fail_count,
+            "usage": _usage(tokens_in, tokens_out),
+        }
+
+    def _view(
+        self, state: dict[str, Any], status: str, ts: dict[str, int | None], done: int
+    ) -> UpstreamBatch:
+        result = state.get("result") if status in ("completed", "cancelled") else None
+        if result is None:  # still running: count the lines done so far, failures known from _scan
+            failed = bisect.bisect_left(state["failed_lines"], done)
+            result = {"completed": done - failed, "failed": failed}
+        return UpstreamBatch(
+            id=state["id"],
+            status=status,
+            output_file_id=result.get("output_file_id"),
+            error_file_id=result.get("error_file_id"),
+            model=state["model"],
+            request_counts=RequestCounts(
+                state["line_count"], result["completed"], result["failed"]
+            ),
+            usage=result.get("usage"),
+            timestamps=ts,
+        )
+
+    async def upload_file(self, file: InputFile) -> str:
+        file_id = f"file-sbx{secrets.token_hex(12)}"
+
+        def copy() -> None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file.path, self._data_path(file_id))
+            self._write_meta(file_id, file.filename)
+
+        await asyncio.to_thread(copy)
+        return file_id
+
+    async def create_batch(self, request: BatchRequest) -> UpstreamBatch:
+        if not self.supports(request.endpoint):
+            message = f"The sandbox does not support endpoint '{request.endpoint}'."
+            raise ProviderError("bad_request", message)
+        await self.get_file(request.input_file_id)
+        path = self._data_path(request.input_file_id)
+        count, model, failed = await asyncio.to_thread(_scan, path, request.endpoint)
+        created = time.time()
+        state: dict[str, Any] = {"id": f"batch_sbx{secrets.token_hex(12)}", **asdict(request)}
+        state |= {"created": created, "created_at": int(created), "line_count": count}
+        state |= {"model": model, "failed_lines": failed, "cancelling_at": None, "result": None}
+        state |= self.timing
+        self._write_json(self._batch_path(state["id"]), state)
+        # With zero delays the clock already says "completed"; a new batch still answers validating.
+        return self._view(state, "validating", {"expires_at": int(created) + EXPIRY_SECONDS}, 0)
+
+    async def get_batch(self, upstream_id: str) -> UpstreamBatch:
+        path = self._batch_path(upstream_id)
+        async with self._locks.setdefault(upstream_id, asyncio.Lock()):
+            state = self._read_json(path, "batch")
+            status, ts, done = timeline(state, time.time())
+            if status in ("completed", "cancelled") and state.get("result") is None:
+                state["result"] = await asyncio.to_thread(self._generate, state, done)
+                self._write_json(path, state)
+            return self._view(state, status, ts, done)
+
+    async def cancel_batch(self, upstream_id: str) -> UpstreamBatch:
+        path = self._batch_path(upstream_id)
+        async with self._locks.setdefault(upstream_id, asyncio.Lock()):
+            state = self._read_json(path, "batch")
+            t = time.time()
+            status, ts, done = timeline(state, t)
+            if status in TERMINAL_STATUSES:
+                raise ProviderError("bad_request", f"Cannot cancel a batch with status '{status}'.")
+            if state["cancelling_at"] is None:
+                state["cancelling_at"] = t
+                self._write_json(path, state)
+                status, ts, done = timeline(state, t)
+            ts.pop("cancelled_at", None)  # even with cancel_seconds=0 the call answers "cancelling"
+            return self._view(state, "cancelling", ts, done)
+
+    async def get_file(self, upstream_file_id: str) -> UpstreamFile:
+        path = self._data_path(upstream_file_id).with_suffix(".meta.json")
+        return UpstreamFile(**self._read_json(path, "file"))
+
+    @contextlib.asynccontextmanager
+    async def open_file_content(self, upstream_file_id: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        await self.get_file(upstream_file_id)  # the sidecar exists only once the data is complete
+        fh = self._data_path(upstream_file_id).open("rb")
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while chunk := fh.read(CHUNK_SIZE):
+                yield chunk
+
+        try:
+            yield chunks()
+        finally:
+            fh.close()

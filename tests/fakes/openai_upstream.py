@@ -1,0 +1,390 @@
+"""A fake OpenAI-compatible Batch API upstream (OpenAI, fastapi.ai, anyapi.ai): a real aiohttp app.
+
+Use it with pytest-aiohttp::
+
+    server = await aiohttp_server(make_openai_upstream("sk-up", cancel_style="partial"))
+    base_url = str(server.make_url("/v1"))
+    state = server.app[UPSTREAM]
+
+Batches advance one step per `GET /v1/batches/{id}`: validating -> in_progress -> finalizing ->
+completed (or cancelling -> cancelled). Input lines whose `body.model == "fail-model"` end up in the
+error file with a 400 response; an unparseable input file makes the batch `failed`.
+Stored objects keep private keys prefixed with `_` (`files[id]["_content"]` holds the raw bytes).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiohttp import BodyPartReader, web
+from aiohttp.typedefs import Handler
+
+Json = dict[str, Any]
+
+ANYAPI_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/embeddings", "/v1/completions"})
+FASTAPI_ENDPOINTS = ANYAPI_ENDPOINTS | {"/v1/responses", "/v1/moderations"}
+TIMESTAMP_FIELDS = (
+    *("in_progress_at", "expires_at", "finalizing_at", "completed_at"),
+    *("failed_at", "expired_at", "cancelling_at", "cancelled_at"),
+)
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+FAIL_MODEL = "fail-model"
+_ERROR_TYPES: dict[int, tuple[str, str | None]] = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("permission_error", "unsupported_country_region_territory"),
+    404: ("invalid_request_error", "not_found"),
+    409: ("invalid_request_error", "conflict"),
+    429: ("requests", "rate_limit_exceeded"),
+}
+
+
+@dataclass
+class FakeOpenAIState:
+    api_key: str
+    files: dict[str, Json] = field(default_factory=dict)
+    batches: dict[str, Json] = field(default_factory=dict)
+    auth_headers: list[str] = field(default_factory=list)
+    requests: list[tuple[str, str]] = field(default_factory=list)
+    cancel_style: Literal["full", "partial"] = "full"
+    placeholders: bool = False
+    fail_next: list[int] = field(default_factory=list)
+    endpoints: frozenset[str] = FASTAPI_ENDPOINTS
+
+
+UPSTREAM = web.AppKey("upstream", FakeOpenAIState)
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def error_response(
+    status: int, message: str, *, code: str | None = None, param: str | None = None
+) -> web.Response:
+    """An OpenAI error envelope; type/code default by status (429 also gets `Retry-After: 0`)."""
+    type_, default_code = _ERROR_TYPES.get(status, ("server_error", None))
+    body = envelope(message, type_, param, code or default_code)
+    headers = {"Retry-After": "0"} if status == 429 else None
+    return web.json_response(body, status=status, headers=headers)
+
+
+def envelope(message: str, type_: str, param: str | None, code: str | None) -> Json:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+class UpstreamError(Exception):
+    """Raised by handlers; `_gate` answers it with the OpenAI error envelope."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.response = error_response(status, message, param=param)
+
+
+@web.middleware
+async def _gate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    state = request.app[UPSTREAM]
+    auth = request.headers.get("Authorization", "")
+    state.auth_headers.append(auth)
+    state.requests.append((request.method, request.path))
+    if auth != f"Bearer {state.api_key}":
+        return error_response(401, "Incorrect API key provided", code="invalid_api_key")
+    if state.fail_next:
+        status = state.fail_next.pop(0)
+        return error_response(status, f"Injected upstream failure ({status})")
+    try:
+        return await handler(request)
+    except UpstreamError as exc:
+        return exc.response
+
+
+def _public(obj: Json) -> Json:
+    return {k: v for k, v in obj.items() if not k.startswith("_")}
+
+
+def _store_file(
+    state: FakeOpenAIState, content: bytes, filename: str, purpose: str, expires_at: int | None
+) -> Json:
+    file_id = "file-UP" + secrets.token_hex(10)
+    state.files[file_id] = {
+        "id": file_id,
+        "object": "file",
+        "bytes": len(content),
+        "created_at": _now(),
+        "filename": filename,
+        "purpose": purpose,
+        "status": "processed",
+        "expires_at": expires_at,
+        "status_details": None,
+        "_content": content,
+    }
+    return state.files[file_id]
+
+
+def _render_batch(state: FakeOpenAIState, batch: Json) -> Json:
+    out = _public(batch)
+    if state.placeholders:
+        out |= {key: 123 for key in TIMESTAMP_FIELDS if out[key] is None}
+        out |= {key: "<string>" for key in ("output_file_id", "error_file_id") if out[key] is None}
+        for key in ("errors", "model", "usage"):
+            out.pop(key, None)
+    return out
+
+
+async def upload_file(request: web.Request) -> web.Response:
+    state = request.app[UPSTREAM]
+    if not request.content_type.startswith("multipart/"):
+        raise UpstreamError(400, "Expected multipart/form-data")
+    fields: dict[str, str] = {}
+    content: bytes | None = None
+    filename = "upload.jsonl"
+    reader = await request.multipart()
+    async for part in reader:
+        if not isinstance(part, BodyPartReader) or part.name is None:
+            continue
+        if part.name == "file":
+            content = await part.read()
+            filename = part.filename or filename
+        else:
+            fields[part.name] = await part.text()
+    if content is None or "purpose" not in fields:
+        missing = "file" if content is None else "purpose"
+        raise UpstreamError(400, f"Missing required parameter: '{missing}'.", param=missing)
+    seconds = fields.get("expires_after[seconds]")
+    expires_at = _now() + int(seconds) if seconds and seconds.isdigit() else None
+    return web.json_response(
+        _public(_store_file(state, content, filename, fields["purpose"], expires_at))
+    )
+
+
+def _file(request: web.Request) -> Json:
+    file_id = request.match_info["file_id"]
+    if (stored := request.app[UPSTREAM].files.get(file_id)) is None:
+        raise UpstreamError(404, f"No such File object: {file_id}", param="id")
+    return stored
+
+
+async def retrieve_file(request: web.Request) -> web.Response:
+    return web.json_response(_public(_file(request)))
+
+
+async def file_content(request: web.Request) -> web.Response:
+    return web.Response(body=_file(request)["_content"], content_type="application/octet-stream")
+
+
+async def delete_file(request: web.Request) -> web.Response:
+    stored = _file(request)
+    del request.app[UPSTREAM].files[stored["id"]]
+    return web.json_response({"id": stored["id"], "object": "file", "deleted": True})
+
+
+async def create_batch(request: web.Request) -> web.Response:
+    state = request.app[UPSTREAM]
+    try:
+        body = await request.json()
+    except ValueError:
+        raise UpstreamError(400, "Request body must be JSON") from None
+    if not isinstance(body, dict):
+        raise UpstreamError(400, "Request body must be a JSON object")
+    for name in ("input_file_id", "endpoint", "completion_window"):
+        if not isinstance(body.get(name), str):
+            raise UpstreamError(400, f"Missing required parameter: '{name}'.", param=name)
+    if (file_id := body["input_file_id"]) not in state.files:
+        raise UpstreamError(400, f"No such File object: {file_id}", param="input_file_id")
+    if body["endpoint"] not in state.endpoints:
+        raise UpstreamError(400, f"Unsupported endpoint: {body['endpoint']}", param="endpoint")
+    if body["completion_window"] != "24h":
+        raise UpstreamError(400, "completion_window must be '24h'", param="completion_window")
+    created = _now()
+    batch: Json = {
+        "id": "batch_UP" + secrets.token_hex(10),
+        "object": "batch",
+        "endpoint": body["endpoint"],
+        "model": None,
+        "errors": None,
+        "input_file_id": body["input_file_id"],
+        "completion_window": "24h",
+        "status": "validating",
+        "output_file_id": None,
+        "error_file_id": None,
+        "created_at": created,
+        **dict.fromkeys(TIMESTAMP_FIELDS),
+        "request_counts": {"total": 0, "completed": 0, "failed": 0},
+        "usage": None,
+        "metadata": body.get("metadata"),
+    }
+    batch["expires_at"] = created + 86400
+    state.batches[batch["id"]] = batch
+    return web.json_response(_render_batch(state, batch))
+
+
+def _parse_lines(state: FakeOpenAIState, batch: Json) -> tuple[list[Json], list[Json]]:
+    """(valid input lines, BatchError dicts for the invalid ones)."""
+    content: bytes = state.files[batch["input_file_id"]]["_content"]
+    lines: list[Json] = []
+    errors: list[Json] = []
+    for number, raw in enumerate(content.decode("utf-8", "replace").splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            line = None
+        if not isinstance(line, dict) or not isinstance(line.get("body"), dict):
+            errors.append(_batch_error("invalid_json_line", "Invalid JSON line", None, number))
+        elif line.get("url") != batch["endpoint"]:
+            msg = "The URL provided for this request does not match the batch endpoint"
+            errors.append(_batch_error("invalid_url", msg, "url", number))
+        else:
+            lines.append(line)
+    if not lines and not errors:
+        errors.append(_batch_error("empty_file", "The input file has no requests", None, None))
+    return lines, errors
+
+
+def _batch_error(code: str, message: str, param: str | None, line: int | None) -> Json:
+    return {"code": code, "message": message, "param": param, "line": line}
+
+
+def _result_line(custom_id: Any, status: int, body: Json) -> str:
+    response = {"status_code": status, "request_id": "req_UP" + secrets.token_hex(10), "body": body}
+    line = {"id": "batch_req_UP" + secrets.token_hex(10), "custom_id": custom_id}
+    return json.dumps({**line, "response": response, "error": None})
+
+
+def _chat_completion(model: str, custom_id: Any) -> Json:
+    message = {"role": "assistant", "content": f"fake reply to {custom_id}"}
+    return {
+        "id": "chatcmpl-UP" + secrets.token_hex(10),
+        "object": "chat.completion",
+        "created": _now(),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+
+
+def _finish(state: FakeOpenAIState, batch: Json) -> None:
+    """Write the output/error files and the final counts, model and usage."""
+    ok: list[str] = []
+    failed: list[str] = []
+    prompt = completion = 0
+    for line in batch["_lines"]:
+        model, custom_id = line["body"].get("model", "gpt-4o-mini"), line.get("custom_id")
+        if model == FAIL_MODEL:
+            msg = f"The model `{model}` does not exist."
+            body = envelope(msg, "invalid_request_error", "model", "model_not_found")
+            failed.append(_result_line(custom_id, 400, body))
+            continue
+        body = _chat_completion(model, custom_id)
+        prompt += body["usage"]["prompt_tokens"]
+        completion += body["usage"]["completion_tokens"]
+        ok.append(_result_line(custom_id, 200, body))
+    for key, out_lines in (("output_file_id", ok), ("error_file_id", failed)):
+        if out_lines:
+            content = ("\n".join(out_lines) + "\n").encode()
+            name = f"{batch['id']}_{key.removesuffix('_file_id')}.jsonl"
+            batch[key] = _store_file(state, content, name, "batch_output", None)["id"]
+    batch["request_counts"] = {
+        "total": len(ok) + len(failed),
+        "completed": len(ok),
+        "failed": len(failed),
+    }
+    batch["model"] = next((ln["body"].get("model") for ln in batch["_lines"]), None)
+    batch["usage"] = {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt + completion,
+    }
+
+
+def _advance(state: FakeOpenAIState, batch: Json) -> None:
+    status = batch["status"]
+    if status == "validating":
+        lines, errors = _parse_lines(state, batch)
+        if errors:
+            batch.update(
+                status="failed", failed_at=_now(), errors={"object": "list", "data": errors}
+            )
+            return
+        batch["_lines"] = lines
+        batch["request_counts"] = {"total": len(lines), "completed": 0, "failed": 0}
+        batch.update(status="in_progress", in_progress_at=_now())
+    elif status == "in_progress":
+        batch.update(status="finalizing", finalizing_at=_now())
+    elif status == "finalizing":
+        _finish(state, batch)
+        batch.update(status="completed", completed_at=_now())
+    elif status == "cancelling":
+        batch.update(status="cancelled", cancelled_at=_now())
+
+
+def _batch(request: web.Request) -> Json:
+    batch_id = request.match_info["batch_id"]
+    if (batch := request.app[UPSTREAM].batches.get(batch_id)) is None:
+        raise UpstreamError(404, f"No such Batch object: {batch_id}", param="batch_id")
+    return batch
+
+
+async def retrieve_batch(request: web.Request) -> web.Response:
+    state = request.app[UPSTREAM]
+    batch = _batch(request)
+    _advance(state, batch)
+    return web.json_response(_render_batch(state, batch))
+
+
+async def cancel_batch(request: web.Request) -> web.Response:
+    state = request.app[UPSTREAM]
+    batch = _batch(request)
+    if batch["status"] in TERMINAL:
+        raise UpstreamError(400, f"Cannot cancel a batch with status '{batch['status']}'.")
+    if state.cancel_style == "partial":
+        batch.update(status="cancelled", cancelled_at=_now())
+        return web.json_response({"id": batch["id"], "object": "batch", "status": "cancelled"})
+    if batch["status"] != "cancelling":
+        batch.update(status="cancelling", cancelling_at=_now())
+    return web.json_response(_render_batch(state, batch))
+
+
+async def list_batches(request: web.Request) -> web.Response:
+    state = request.app[UPSTREAM]
+    try:
+        limit = int(request.query.get("limit", "20"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 100:
+        raise UpstreamError(400, "limit must be between 1 and 100", param="limit")
+    ordered = list(reversed(state.batches.values()))
+    after = request.query.get("after")
+    if after:
+        ids = [b["id"] for b in ordered]
+        ordered = ordered[ids.index(after) + 1 :] if after in ids else []
+    page = [_render_batch(state, b) for b in ordered[:limit]]
+    first_id, last_id = (page[0]["id"], page[-1]["id"]) if page else (None, None)
+    envelope = {"object": "list", "data": page, "first_id": first_id, "last_id": last_id}
+    return web.json_response({**envelope, "has_more": len(ordered) > limit})
+
+
+def make_openai_upstream(api_key: str, **state_options: Any) -> web.Application:
+    """The fake; `state_options` are FakeOpenAIState fields (cancel_style, placeholders, ...)."""
+    app = web.Application(middlewares=[_gate])
+    app[UPSTREAM] = FakeOpenAIState(api_key=api_key, **state_options)
+    app.add_routes(
+        [
+            web.post("/v1/files", upload_file),
+            web.get("/v1/files/{file_id}", retrieve_file),
+            web.delete("/v1/files/{file_id}", delete_file),
+            web.get("/v1/files/{file_id}/content", file_content),
+            web.post("/v1/batches", create_batch),
+            web.get("/v1/batches", list_batches),
+            web.get("/v1/batches/{batch_id}", retrieve_batch),
+            web.post("/v1/batches/{batch_id}/cancel", cancel_batch),
+        ]
+    )
+    return app

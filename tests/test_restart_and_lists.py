@@ -1,0 +1,122 @@
+"""State survives a restart on the same SQLite file; lists page with the SDK's auto-pager."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import openai
+import pytest
+
+from gateway.store.sqlite import SQLiteStore, migrations
+from tests.conftest import Gateway, StartGateway
+from tests.support import chat_file, make_config
+from tests.test_flow_sdk import wait_terminal
+
+
+async def test_batches_and_files_survive_a_restart(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path)
+    first = await start_gateway(config)
+    uploaded = await first.client.files.create(
+        file=("in.jsonl", io.BytesIO(chat_file(4))), purpose="batch"
+    )
+    done = await wait_terminal(
+        first.client,
+        (
+            await first.client.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+        ).id,
+    )
+    active = await first.client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    output_before = (await first.client.files.content(done.output_file_id or "")).content
+    await first.server.close()  # runs cleanup_ctx: store and providers closed
+
+    second = await start_gateway(config)
+    assert (await second.client.files.retrieve(uploaded.id)).bytes == uploaded.bytes
+    again = await second.client.batches.retrieve(done.id)
+    assert again.model_dump() == done.model_dump()
+    assert (await second.client.files.content(done.output_file_id or "")).content == output_before
+    finished = await wait_terminal(second.client, active.id)
+    assert finished.status == "completed"
+    assert [b.id async for b in second.client.batches.list()] == [active.id, done.id]
+
+
+async def test_interrupted_create_is_marked_failed_at_startup(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    config = make_config(tmp_path)
+    gw = await start_gateway(config)
+    uploaded = await gw.client.files.create(
+        file=("in.jsonl", io.BytesIO(chat_file(2))), purpose="batch"
+    )
+    batch = await gw.client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    # Simulate a process that died between the row write and the upstream create.
+    record = await gw.service.store.get_batch(batch.id)
+    assert record is not None
+    record.pending, record.upstream_id = True, None
+    record.object["status"] = "validating"
+    await gw.service.store.update_batch(record)
+    await gw.server.close()
+
+    restarted = await start_gateway(config)
+    failed = await restarted.client.batches.retrieve(batch.id)
+    assert failed.status == "failed"
+    assert failed.failed_at is not None
+    assert failed.errors is not None and failed.errors.data
+    assert failed.errors.data[0].code == "gateway_interrupted"
+
+
+async def test_migrations_are_versioned_and_applied_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "m.db")
+    store = await SQLiteStore.open(path)
+    version = await store.schema_version()
+    await store.close()
+    store = await SQLiteStore.open(path)  # re-open: nothing applied twice
+    assert await store.schema_version() == version == migrations()[-1][0]
+    await store.close()
+
+
+async def test_batch_list_pages_across_many_pages(gateway: Gateway) -> None:
+    client = gateway.client
+    uploaded = await client.files.create(
+        file=("in.jsonl", io.BytesIO(chat_file(1))), purpose="batch"
+    )
+    created = []
+    for _ in range(25):
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        created.append(batch.id)
+
+    page = await client.batches.list(limit=7)
+    assert page.has_more is True
+    assert [b.id for b in page.data] == created[::-1][:7]
+    seen = [b.id async for b in client.batches.list(limit=7)]  # auto-pager: 4 pages
+    assert seen == created[::-1]
+
+    raw = await (await gateway.http.get(gateway.url("/v1/batches?limit=100"))).json()
+    assert raw["first_id"] == created[-1] and raw["last_id"] == created[0]
+    assert raw["has_more"] is False
+
+    for bad in ("limit=0", "limit=101", "limit=x", "after=batch_unknown"):
+        with pytest.raises(openai.BadRequestError):
+            await client.get(f"/batches?{bad}", cast_to=object)
+
+
+async def test_file_list_pages_both_orders(gateway: Gateway) -> None:
+    client = gateway.client
+    ids = []
+    for i in range(7):
+        f = await client.files.create(
+            file=(f"{i}.jsonl", io.BytesIO(chat_file(1))), purpose="batch"
+        )
+        ids.append(f.id)
+    assert [f.id async for f in client.files.list(limit=3)] == ids[::-1]
+    assert [f.id async for f in client.files.list(limit=2, order="asc")] == ids

@@ -13,7 +13,7 @@ from gateway.api import SERVICE, json_response
 from gateway.api import batches as batches_api
 from gateway.api import files as files_api
 from gateway.auth import Authenticator
-from gateway.blobs import LocalBlobs
+from gateway.blobs import open_blobs
 from gateway.config import Config
 from gateway.errors import Handler, error_middleware
 from gateway.routing import Router
@@ -59,11 +59,16 @@ def build_providers(config: Config) -> dict[str, Provider]:
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     store = await open_store(config.store.url)
+    try:
+        blobs = await open_blobs(config.blobs)
+    except BaseException:
+        await store.close()
+        raise
     providers = build_providers(config)
     try:
         service = GatewayService(
             store=store,
-            blobs=LocalBlobs(config.blobs.dir),
+            blobs=blobs,
             providers=providers,
             router=Router(config, providers),
             limits=config.limits,
@@ -74,6 +79,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     finally:
         for provider in providers.values():
             await provider.close()
+        await blobs.close()
         await store.close()
 
 

@@ -12,10 +12,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from gateway import ids
-from gateway.blobs import LocalBlobs
+from gateway.blobs import Blobs
 from gateway.config import LimitsConfig
 from gateway.errors import InvalidRequest, NotFound, PayloadTooLarge
 from gateway.jsonl import JSONLError, JSONLValidator, TooLarge
@@ -56,7 +58,7 @@ class GatewayService:
     def __init__(
         self,
         store: Store,
-        blobs: LocalBlobs,
+        blobs: Blobs,
         providers: Mapping[str, Provider],
         router: Router,
         limits: LimitsConfig,
@@ -91,19 +93,19 @@ class GatewayService:
             async for chunk in chunks:
                 validator.feed(chunk)
                 digest.update(chunk)
-                writer.write(chunk)
+                await writer.write(chunk)
                 size += len(chunk)
             summary = validator.finish()
         except JSONLError as exc:
-            writer.abort()
+            await writer.abort()
             raise InvalidRequest(
                 f"Invalid batch input file. {exc}", param="file", code="invalid_file"
             ) from None
         except TooLarge as exc:
-            writer.abort()
+            await writer.abort()
             raise PayloadTooLarge(str(exc), param="file") from None
         except BaseException:
-            writer.abort()
+            await writer.abort()
             raise
         now = int(time.time())
         ttl = expires_after.seconds if expires_after else BATCH_FILE_TTL
@@ -121,11 +123,11 @@ class GatewayService:
             models=summary.models,
             blob=file_id,
         )
-        writer.commit()
+        await writer.commit()
         try:
             await self.store.insert_file(record)
         except BaseException:
-            self.blobs.delete(file_id)
+            await self.blobs.delete(file_id)
             raise
         return record
 
@@ -149,13 +151,13 @@ class GatewayService:
         record = await self.get_file(tenant, file_id)
         await self.store.delete_file(record.id)
         if record.blob:
-            self.blobs.delete(record.blob)
+            await self.blobs.delete(record.blob)
 
-    async def open_content(self, tenant: str, file_id: str) -> FileRecord | ByteStream:
-        """A local file record (served from its blob) or an upstream byte stream."""
+    async def open_content(self, tenant: str, file_id: str) -> Path | ByteStream:
+        """A local file to send as is, or a byte stream (a remote blob or the provider's)."""
         record = await self.get_file(tenant, file_id)
         if record.blob:
-            return record
+            return self.blobs.local_path(record.blob) or self.blobs.open(record.blob)
         provider = self.providers.get(record.provider or "")
         if provider is None or record.upstream_id is None:
             raise InvalidRequest(
@@ -330,7 +332,8 @@ class GatewayService:
         assert file.blob is not None and file.endpoint is not None
         upstream_id = await provider.upload_file(
             InputFile(
-                path=self.blobs.path(file.blob),
+                open=partial(self.blobs.open, file.blob),
+                path=self.blobs.local_path(file.blob),
                 filename=file.filename,
                 bytes=file.bytes,
                 line_count=file.line_count or 0,

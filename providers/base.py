@@ -15,7 +15,7 @@ and to raise `ProviderError` with a `kind` the gateway can act on.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,19 +125,22 @@ class BatchRequest:
     output_expires_after: dict[str, Any] | None = None
 
 
+ByteStream = AbstractAsyncContextManager[AsyncIterator[bytes]]
+
+
 @dataclass(frozen=True, slots=True)
 class InputFile:
     """A validated gateway input file, as handed to `Provider.upload_file`."""
 
-    path: Path
     filename: str
     bytes: int
     line_count: int
     endpoint: str
     models: tuple[str, ...]
-
-
-ByteStream = AbstractAsyncContextManager[AsyncIterator[bytes]]
+    # The bytes as a stream of chunks, wherever the blob lives (a local file, S3).
+    open: Callable[[], ByteStream]
+    # Set when the blob is a local file: an adapter may hand the file itself on.
+    path: Path | None = None
 
 
 @runtime_checkable

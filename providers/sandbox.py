@@ -388,12 +388,15 @@ class SandboxProvider(BaseProvider):
     async def upload_file(self, file: InputFile) -> str:
         file_id = f"file-sbx{secrets.token_hex(12)}"
 
-        def copy() -> None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(file.path, self._data_path(file_id))
-            self._write_meta(file_id, file.filename)
-
-        await asyncio.to_thread(copy)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if file.path is not None:
+            await asyncio.to_thread(shutil.copyfile, file.path, self._data_path(file_id))
+        else:
+            async with file.open() as chunks:
+                with open(self._data_path(file_id), "wb") as out:
+                    async for chunk in chunks:
+                        out.write(chunk)
+        self._write_meta(file_id, file.filename)
         return file_id
 
     async def create_batch(self, request: BatchRequest) -> UpstreamBatch:

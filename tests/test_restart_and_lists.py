@@ -8,7 +8,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from gateway.store.sqlite import SQLiteStore, migrations
+from gateway.store.migrate import migrations
+from gateway.store.sqlite import SQLiteStore
 from tests.conftest import Gateway, StartGateway
 from tests.support import chat_file, make_config
 from tests.test_flow_sdk import wait_terminal
@@ -79,7 +80,7 @@ async def test_migrations_are_versioned_and_applied_once(tmp_path: Path) -> None
     version = await store.schema_version()
     await store.close()
     store = await SQLiteStore.open(path)  # re-open: nothing applied twice
-    assert await store.schema_version() == version == migrations()[-1][0]
+    assert await store.schema_version() == version == migrations("sqlite")[-1].version
     await store.close()
 
 

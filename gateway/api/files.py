@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import BodyPartReader, web
 from pydantic import ValidationError
@@ -128,10 +129,8 @@ async def delete(request: web.Request) -> web.Response:
 
 async def content(request: web.Request) -> web.StreamResponse:
     source = await service(request).open_content(tenant_of(request), request.match_info["file_id"])
-    if isinstance(source, FileRecord):
-        assert source.blob is not None
-        path = service(request).blobs.path(source.blob)
-        return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+    if isinstance(source, Path):
+        return web.FileResponse(source, headers={"Content-Type": "application/octet-stream"})
     async with source as chunks:
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         await response.prepare(request)

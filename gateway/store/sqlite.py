@@ -2,270 +2,87 @@
 
 from __future__ import annotations
 
-from importlib import resources
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
-import orjson
 
-from gateway.store.base import BatchRecord, FileRecord, Page, UnknownCursor
-
-_FILE_COLS = (
-    "id, tenant, purpose, filename, bytes, created_at, expires_at, sha256, line_count,"
-    " endpoint, models, blob, provider, upstream_id, batch_id"
-)
-_BATCH_COLS = (
-    "id, tenant, provider, input_file_id, created_at, object, upstream_id, pending, output_ttl"
-)
+from gateway.store.migrate import Executor, Row
+from gateway.store.sql import SQLStore
 
 
-def migrations() -> list[tuple[int, str]]:
-    """(version, sql) for every file in migrations/, in order."""
-    found = []
-    for entry in resources.files("gateway.store").joinpath("migrations").iterdir():
-        if entry.name.endswith(".sql"):
-            found.append((int(entry.name.split("_", 1)[0]), entry.read_text(encoding="utf-8")))
-    return sorted(found)
-
-
-def _file(row: Any) -> FileRecord:
-    return FileRecord(
-        id=row[0],
-        tenant=row[1],
-        purpose=row[2],
-        filename=row[3],
-        bytes=row[4],
-        created_at=row[5],
-        expires_at=row[6],
-        sha256=row[7],
-        line_count=row[8],
-        endpoint=row[9],
-        models=tuple(orjson.loads(row[10])),
-        blob=row[11],
-        provider=row[12],
-        upstream_id=row[13],
-        batch_id=row[14],
-    )
-
-
-def _batch(row: Any) -> BatchRecord:
-    return BatchRecord(
-        id=row[0],
-        tenant=row[1],
-        provider=row[2],
-        input_file_id=row[3],
-        created_at=row[4],
-        object=orjson.loads(row[5]),
-        upstream_id=row[6],
-        pending=bool(row[7]),
-        output_ttl=row[8],
-    )
-
-
-class SQLiteStore:
+class _SQLiteExecutor:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
 
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        async with self._db.execute(sql, args) as cur:
+            return list(await cur.fetchall())
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await (await self._db.execute(sql, args)).close()
+
+    async def script(self, sql: str) -> None:
+        # executescript() would COMMIT first; run statement by statement instead, so a
+        # migration stays inside the caller's transaction. Our SQL has no ';' in literals.
+        for statement in sql.split(";"):
+            if statement.strip():
+                await self.execute(statement)
+
+
+class SQLiteStore(SQLStore):
+    dialect = "sqlite"
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        self._executor = _SQLiteExecutor(db)
+        # One connection serves every task: without this lock, a statement of one
+        # task could land inside another task's open transaction (and its rollback).
+        self._lock = asyncio.Lock()
+
     @classmethod
-    async def open(cls, path: str) -> SQLiteStore:
+    async def open(cls, path: str, *, schema_upto: int | None = None) -> SQLiteStore:
+        """Open (creating) the file and migrate it; `schema_upto` stops at a version."""
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path, isolation_level=None)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
-        await db.execute("PRAGMA busy_timeout=5000")
-        store = cls(db)
-        await store.migrate()
+        try:
+            # busy_timeout first: switching to WAL needs a lock another opener may hold.
+            await db.execute("PRAGMA busy_timeout=5000")
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            store = cls(db)
+            await store.migrate(schema_upto)
+        except BaseException:
+            await db.close()
+            raise
         return store
-
-    async def migrate(self) -> None:
-        await self._db.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
-            " applied_at INTEGER NOT NULL DEFAULT (unixepoch()))"
-        )
-        async with self._db.execute("SELECT version FROM schema_migrations") as cur:
-            applied = {row[0] for row in await cur.fetchall()}
-        for version, sql in migrations():
-            if version in applied:
-                continue
-            # executescript would commit implicitly; run statement by statement in one transaction.
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in filter(str.strip, sql.split(";")):
-                    await self._db.execute(statement)
-                await self._db.execute(
-                    "INSERT INTO schema_migrations (version) VALUES (?)", (version,)
-                )
-                await self._db.execute("COMMIT")
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-
-    async def schema_version(self) -> int:
-        async with self._db.execute("SELECT max(version) FROM schema_migrations") as cur:
-            row = await cur.fetchone()
-        return int(row[0] or 0) if row else 0
 
     async def close(self) -> None:
         await self._db.close()
 
-    # files
+    @asynccontextmanager
+    async def _conn(self) -> AsyncIterator[Executor]:
+        async with self._lock:
+            yield self._executor
 
-    async def insert_file(self, record: FileRecord) -> None:
-        await self._db.execute(
-            f"INSERT INTO files ({_FILE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                record.id,
-                record.tenant,
-                record.purpose,
-                record.filename,
-                record.bytes,
-                record.created_at,
-                record.expires_at,
-                record.sha256,
-                record.line_count,
-                record.endpoint,
-                orjson.dumps(list(record.models)).decode(),
-                record.blob,
-                record.provider,
-                record.upstream_id,
-                record.batch_id,
-            ),
-        )
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[Executor]:
+        # IMMEDIATE takes the write lock up front, so a transaction that reads then
+        # writes (a claim, a migration) never loses a race to another process.
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._executor
+            except BaseException:
+                if self._db.in_transaction:
+                    await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
 
-    async def get_file(self, file_id: str, tenant: str | None = None) -> FileRecord | None:
-        sql = f"SELECT {_FILE_COLS} FROM files WHERE id = ?"
-        args: tuple[Any, ...] = (file_id,)
-        if tenant is not None:
-            sql += " AND tenant = ?"
-            args += (tenant,)
-        async with self._db.execute(sql, args) as cur:
-            row = await cur.fetchone()
-        return _file(row) if row else None
-
-    async def find_file_by_upstream(self, provider: str, upstream_id: str) -> FileRecord | None:
-        async with self._db.execute(
-            f"SELECT {_FILE_COLS} FROM files WHERE provider = ? AND upstream_id = ?",
-            (provider, upstream_id),
-        ) as cur:
-            row = await cur.fetchone()
-        return _file(row) if row else None
-
-    async def list_files(
-        self, tenant: str, *, purpose: str | None, after: str | None, limit: int, order: str
-    ) -> Page[FileRecord]:
-        where, args = "tenant = ?", list[Any]([tenant])
-        if purpose:
-            where += " AND purpose = ?"
-            args.append(purpose)
-        desc = order == "desc"
-        if after is not None:
-            seq = await self._seq("files", after, tenant)
-            where += " AND seq < ?" if desc else " AND seq > ?"
-            args.append(seq)
-        sql = (
-            f"SELECT {_FILE_COLS} FROM files WHERE {where}"
-            f" ORDER BY seq {'DESC' if desc else 'ASC'} LIMIT ?"
-        )
-        async with self._db.execute(sql, (*args, limit + 1)) as cur:
-            rows = list(await cur.fetchall())
-        return Page([_file(r) for r in rows[:limit]], len(rows) > limit)
-
-    async def delete_file(self, file_id: str) -> None:
-        await self._db.execute("BEGIN IMMEDIATE")
-        await self._db.execute("DELETE FROM upstream_files WHERE file_id = ?", (file_id,))
-        await self._db.execute("DELETE FROM files WHERE id = ?", (file_id,))
-        await self._db.execute("COMMIT")
-
-    async def get_upstream_file(self, file_id: str, provider: str) -> str | None:
-        async with self._db.execute(
-            "SELECT upstream_id FROM upstream_files WHERE file_id = ? AND provider = ?",
-            (file_id, provider),
-        ) as cur:
-            row = await cur.fetchone()
-        return str(row[0]) if row else None
-
-    async def put_upstream_file(self, file_id: str, provider: str, upstream_id: str) -> None:
-        await self._db.execute(
-            "INSERT OR REPLACE INTO upstream_files (file_id, provider, upstream_id) VALUES (?,?,?)",
-            (file_id, provider, upstream_id),
-        )
-
-    # batches
-
-    async def insert_batch(self, record: BatchRecord) -> None:
-        await self._db.execute(
-            f"INSERT INTO batches ({_BATCH_COLS}, status) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (
-                record.id,
-                record.tenant,
-                record.provider,
-                record.input_file_id,
-                record.created_at,
-                orjson.dumps(record.object).decode(),
-                record.upstream_id,
-                int(record.pending),
-                record.output_ttl,
-                record.status,
-            ),
-        )
-
-    async def update_batch(self, record: BatchRecord) -> None:
-        await self._db.execute(
-            "UPDATE batches SET object = ?, upstream_id = ?, pending = ?, status = ? WHERE id = ?",
-            (
-                orjson.dumps(record.object).decode(),
-                record.upstream_id,
-                int(record.pending),
-                record.status,
-                record.id,
-            ),
-        )
-
-    async def delete_batch(self, batch_id: str) -> None:
-        await self._db.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
-
-    async def get_batch(self, batch_id: str, tenant: str | None = None) -> BatchRecord | None:
-        sql = f"SELECT {_BATCH_COLS} FROM batches WHERE id = ?"
-        args: tuple[Any, ...] = (batch_id,)
-        if tenant is not None:
-            sql += " AND tenant = ?"
-            args += (tenant,)
-        async with self._db.execute(sql, args) as cur:
-            row = await cur.fetchone()
-        return _batch(row) if row else None
-
-    async def list_batches(
-        self, tenant: str, *, after: str | None, limit: int
-    ) -> Page[BatchRecord]:
-        where, args = "tenant = ?", list[Any]([tenant])
-        if after is not None:
-            where += " AND seq < ?"
-            args.append(await self._seq("batches", after, tenant))
-        sql = f"SELECT {_BATCH_COLS} FROM batches WHERE {where} ORDER BY seq DESC LIMIT ?"
-        async with self._db.execute(sql, (*args, limit + 1)) as cur:
-            rows = list(await cur.fetchall())
-        return Page([_batch(r) for r in rows[:limit]], len(rows) > limit)
-
-    async def pending_batches(self) -> list[BatchRecord]:
-        async with self._db.execute(
-            f"SELECT {_BATCH_COLS} FROM batches WHERE pending = 1 ORDER BY seq"
-        ) as cur:
-            return [_batch(r) for r in await cur.fetchall()]
-
-    async def active_batches(self) -> list[BatchRecord]:
-        async with self._db.execute(
-            f"SELECT {_BATCH_COLS} FROM batches WHERE status NOT IN"
-            " ('completed', 'failed', 'expired', 'cancelled') AND pending = 0 ORDER BY seq"
-        ) as cur:
-            return [_batch(r) for r in await cur.fetchall()]
-
-    async def _seq(self, table: str, object_id: str, tenant: str) -> int:
-        async with self._db.execute(
-            f"SELECT seq FROM {table} WHERE id = ? AND tenant = ?", (object_id, tenant)
-        ) as cur:
-            row = await cur.fetchone()
-        if row is None:
-            raise UnknownCursor(object_id)
-        return int(row[0])
+    def _exclusive(self) -> AbstractAsyncContextManager[Executor]:
+        # BEGIN IMMEDIATE already excludes every other writer of the file.
+        return self._tx()

@@ -1,0 +1,331 @@
+"""The Store interface written once in the SQL that SQLite and PostgreSQL share.
+
+Both backends accept the same statements here (upserts, RETURNING, partial
+indexes, keyset pagination on `seq`), so a backend only supplies connections:
+`_conn()` for single statements, `_tx()` for an atomic unit of work, and
+`_exclusive()` for migrations. Queries use `?` placeholders; the PostgreSQL
+executor numbers them. JSON travels as text in both directions (SQLite TEXT,
+PostgreSQL jsonb), so the row conversion below serves both.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import AbstractAsyncContextManager
+from typing import Any, ClassVar
+
+import orjson
+
+from gateway.store import migrate
+from gateway.store.base import BatchRecord, FileRecord, Page, UnknownCursor
+from gateway.store.migrate import Executor, Row
+
+FILE_COLS = (
+    "id, tenant, purpose, filename, bytes, created_at, expires_at, sha256, line_count,"
+    " endpoint, models, blob, provider, upstream_id, batch_id"
+)
+BATCH_COLS = (
+    "id, tenant, provider, input_file_id, created_at, object, upstream_id, pending, output_ttl"
+)
+# Matches the partial indexes' predicate, so the planner can use them.
+NOT_TERMINAL = "status NOT IN ('completed', 'failed', 'expired', 'cancelled')"
+
+
+def file_from_row(row: Row) -> FileRecord:
+    return FileRecord(
+        id=row[0],
+        tenant=row[1],
+        purpose=row[2],
+        filename=row[3],
+        bytes=row[4],
+        created_at=row[5],
+        expires_at=row[6],
+        sha256=row[7],
+        line_count=row[8],
+        endpoint=row[9],
+        models=tuple(orjson.loads(row[10])),
+        blob=row[11],
+        provider=row[12],
+        upstream_id=row[13],
+        batch_id=row[14],
+    )
+
+
+def batch_from_row(row: Row) -> BatchRecord:
+    return BatchRecord(
+        id=row[0],
+        tenant=row[1],
+        provider=row[2],
+        input_file_id=row[3],
+        created_at=row[4],
+        object=orjson.loads(row[5]),
+        upstream_id=row[6],
+        pending=bool(row[7]),
+        output_ttl=row[8],
+    )
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+class SQLStore(ABC):
+    """Every Store method, over whatever connections a backend provides."""
+
+    dialect: ClassVar[str]
+    # PostgreSQL: claimers skip rows another transaction is claiming right now.
+    # SQLite needs nothing: its write transaction already excludes every other.
+    row_lock: ClassVar[str] = ""
+
+    @abstractmethod
+    def _conn(self) -> AbstractAsyncContextManager[Executor]:
+        """A connection in autocommit mode."""
+
+    @abstractmethod
+    def _tx(self) -> AbstractAsyncContextManager[Executor]:
+        """A transaction: committed on exit, rolled back on any exception."""
+
+    @abstractmethod
+    def _exclusive(self) -> AbstractAsyncContextManager[Executor]:
+        """A transaction no other process runs at the same time (for migrations)."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    async def migrate(self, upto: int | None = None) -> list[int]:
+        return await migrate.migrate(self._exclusive, self.dialect, upto)
+
+    async def schema_version(self) -> int:
+        async with self._conn() as db:
+            return await migrate.schema_version(db)
+
+    # files
+
+    async def insert_file(self, record: FileRecord) -> None:
+        async with self._conn() as db:
+            await db.execute(
+                f"INSERT INTO files ({FILE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                record.id,
+                record.tenant,
+                record.purpose,
+                record.filename,
+                record.bytes,
+                record.created_at,
+                record.expires_at,
+                record.sha256,
+                record.line_count,
+                record.endpoint,
+                _json(list(record.models)),
+                record.blob,
+                record.provider,
+                record.upstream_id,
+                record.batch_id,
+            )
+
+    async def get_file(self, file_id: str, tenant: str | None = None) -> FileRecord | None:
+        sql = f"SELECT {FILE_COLS} FROM files WHERE id = ?"
+        args: tuple[Any, ...] = (file_id,)
+        if tenant is not None:
+            sql += " AND tenant = ?"
+            args += (tenant,)
+        async with self._conn() as db:
+            rows = await db.fetch(sql, *args)
+        return file_from_row(rows[0]) if rows else None
+
+    async def find_file_by_upstream(self, provider: str, upstream_id: str) -> FileRecord | None:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                f"SELECT {FILE_COLS} FROM files WHERE provider = ? AND upstream_id = ?",
+                provider,
+                upstream_id,
+            )
+        return file_from_row(rows[0]) if rows else None
+
+    async def list_files(
+        self, tenant: str, *, purpose: str | None, after: str | None, limit: int, order: str
+    ) -> Page[FileRecord]:
+        where, args = "tenant = ?", list[Any]([tenant])
+        if purpose:
+            where += " AND purpose = ?"
+            args.append(purpose)
+        desc = order == "desc"
+        async with self._conn() as db:
+            if after is not None:
+                where += " AND seq < ?" if desc else " AND seq > ?"
+                args.append(await _seq(db, "files", after, tenant))
+            rows = await db.fetch(
+                f"SELECT {FILE_COLS} FROM files WHERE {where}"
+                f" ORDER BY seq {'DESC' if desc else 'ASC'} LIMIT ?",
+                *args,
+                limit + 1,
+            )
+        return Page([file_from_row(r) for r in rows[:limit]], len(rows) > limit)
+
+    async def delete_file(self, file_id: str) -> None:
+        async with self._tx() as db:
+            await db.execute("DELETE FROM upstream_files WHERE file_id = ?", file_id)
+            await db.execute("DELETE FROM files WHERE id = ?", file_id)
+
+    async def get_upstream_file(self, file_id: str, provider: str) -> str | None:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                "SELECT upstream_id FROM upstream_files WHERE file_id = ? AND provider = ?",
+                file_id,
+                provider,
+            )
+        return str(rows[0][0]) if rows else None
+
+    async def put_upstream_file(self, file_id: str, provider: str, upstream_id: str) -> None:
+        async with self._conn() as db:
+            await db.execute(
+                "INSERT INTO upstream_files (file_id, provider, upstream_id) VALUES (?,?,?)"
+                " ON CONFLICT (file_id, provider) DO UPDATE SET upstream_id = excluded.upstream_id",
+                file_id,
+                provider,
+                upstream_id,
+            )
+
+    # batches
+
+    async def insert_batch(self, record: BatchRecord) -> None:
+        async with self._conn() as db:
+            await db.execute(
+                f"INSERT INTO batches ({BATCH_COLS}, status) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                record.id,
+                record.tenant,
+                record.provider,
+                record.input_file_id,
+                record.created_at,
+                _json(record.object),
+                record.upstream_id,
+                record.pending,
+                record.output_ttl,
+                record.status,
+            )
+
+    async def update_batch(self, record: BatchRecord) -> None:
+        async with self._conn() as db:
+            await db.execute(
+                "UPDATE batches SET object = ?, upstream_id = ?, pending = ?, status = ?"
+                " WHERE id = ?",
+                _json(record.object),
+                record.upstream_id,
+                record.pending,
+                record.status,
+                record.id,
+            )
+
+    async def delete_batch(self, batch_id: str) -> None:
+        async with self._conn() as db:
+            await db.execute("DELETE FROM batches WHERE id = ?", batch_id)
+
+    async def get_batch(self, batch_id: str, tenant: str | None = None) -> BatchRecord | None:
+        sql = f"SELECT {BATCH_COLS} FROM batches WHERE id = ?"
+        args: tuple[Any, ...] = (batch_id,)
+        if tenant is not None:
+            sql += " AND tenant = ?"
+            args += (tenant,)
+        async with self._conn() as db:
+            rows = await db.fetch(sql, *args)
+        return batch_from_row(rows[0]) if rows else None
+
+    async def list_batches(
+        self, tenant: str, *, after: str | None, limit: int
+    ) -> Page[BatchRecord]:
+        where, args = "tenant = ?", list[Any]([tenant])
+        async with self._conn() as db:
+            if after is not None:
+                where += " AND seq < ?"
+                args.append(await _seq(db, "batches", after, tenant))
+            rows = await db.fetch(
+                f"SELECT {BATCH_COLS} FROM batches WHERE {where} ORDER BY seq DESC LIMIT ?",
+                *args,
+                limit + 1,
+            )
+        return Page([batch_from_row(r) for r in rows[:limit]], len(rows) > limit)
+
+    async def pending_batches(self) -> list[BatchRecord]:
+        async with self._conn() as db:
+            rows = await db.fetch(f"SELECT {BATCH_COLS} FROM batches WHERE pending ORDER BY seq")
+        return [batch_from_row(r) for r in rows]
+
+    async def active_batches(self) -> list[BatchRecord]:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                f"SELECT {BATCH_COLS} FROM batches WHERE {NOT_TERMINAL} AND NOT pending"
+                " ORDER BY seq"
+            )
+        return [batch_from_row(r) for r in rows]
+
+    # leases (several pollers sharing the active batches)
+
+    async def claim_active_batches(
+        self, owner: str, limit: int, lease_seconds: float, now: float
+    ) -> list[BatchRecord]:
+        async with self._tx() as db:
+            rows = await db.fetch(
+                "UPDATE batches SET lease_owner = ?, lease_until = ? WHERE seq IN ("
+                f"SELECT seq FROM batches WHERE {NOT_TERMINAL} AND NOT pending"
+                " AND next_poll_at <= ? AND (lease_until IS NULL OR lease_until <= ?)"
+                f" ORDER BY next_poll_at, seq LIMIT ? {self.row_lock})"
+                f" RETURNING {BATCH_COLS}, next_poll_at, seq",
+                owner,
+                float(now + lease_seconds),
+                float(now),
+                float(now),
+                limit,
+            )
+        # RETURNING follows no ORDER BY on either backend.
+        rows.sort(key=lambda r: (r[-2], r[-1]))
+        return [batch_from_row(r) for r in rows]
+
+    async def release_batch(self, batch_id: str, owner: str, next_poll_at: float) -> bool:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                "UPDATE batches SET lease_owner = NULL, lease_until = NULL, next_poll_at = ?"
+                " WHERE id = ? AND lease_owner = ? RETURNING seq",
+                float(next_poll_at),
+                batch_id,
+                owner,
+            )
+        return bool(rows)
+
+    # rate windows (limits that hold across replicas)
+
+    async def hit_rate_window(self, key: str, window_start: int, limit: int) -> tuple[bool, int]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        async with self._tx() as db:
+            # One statement: the insert-or-increment is atomic on both backends, and
+            # the WHERE makes a refused hit update (and so return) nothing.
+            rows = await db.fetch(
+                "INSERT INTO rate_windows (key, window_start, hits) VALUES (?, ?, 1)"
+                " ON CONFLICT (key, window_start) DO UPDATE SET hits = rate_windows.hits + 1"
+                " WHERE rate_windows.hits < ? RETURNING hits",
+                key,
+                window_start,
+                limit,
+            )
+            if rows:
+                return True, int(rows[0][0])
+            rows = await db.fetch(
+                "SELECT hits FROM rate_windows WHERE key = ? AND window_start = ?",
+                key,
+                window_start,
+            )
+        return False, int(rows[0][0])
+
+    async def prune_rate_windows(self, before: int) -> int:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                "DELETE FROM rate_windows WHERE window_start < ? RETURNING window_start", before
+            )
+        return len(rows)
+
+
+async def _seq(db: Executor, table: str, object_id: str, tenant: str) -> int:
+    """The keyset position of a cursor id the tenant can see."""
+    rows = await db.fetch(f"SELECT seq FROM {table} WHERE id = ? AND tenant = ?", object_id, tenant)
+    if not rows:
+        raise UnknownCursor(object_id)
+    return int(rows[0][0])

@@ -114,6 +114,20 @@ class PostgresServer:
         )
         return server
 
+    def create_database(self, name: str) -> str:
+        """A new empty database; returns its URL. (psql: no event loop needed here.)"""
+        done = subprocess.run(
+            [str(self.bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", self.admin_url]
+            + ["-c", f'CREATE DATABASE "{name}"'],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"CREATE DATABASE {name} failed: {done.stderr}")
+        return self.url(name)
+
     def stop(self) -> None:
         try:
             self._run(

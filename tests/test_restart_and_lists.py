@@ -15,10 +15,14 @@ from tests.support import chat_file, make_config
 from tests.test_flow_sdk import wait_terminal
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 async def test_batches_and_files_survive_a_restart(
-    start_gateway: StartGateway, tmp_path: Path
+    start_gateway: StartGateway, tmp_path: Path, request: pytest.FixtureRequest, backend: str
 ) -> None:
-    config = make_config(tmp_path)
+    if backend == "postgres":
+        config = make_config(tmp_path, store={"url": request.getfixturevalue("pg_url")})
+    else:
+        config = make_config(tmp_path)
     first = await start_gateway(config)
     uploaded = await first.client.files.create(
         file=("in.jsonl", io.BytesIO(chat_file(4))), purpose="batch"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -12,6 +13,8 @@ import aiosqlite
 
 from gateway.store.migrate import Executor, Row
 from gateway.store.sql import SQLStore
+
+_WAL_TRIES = 100  # x 50 ms
 
 
 class _SQLiteExecutor:
@@ -50,9 +53,8 @@ class SQLiteStore(SQLStore):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path, isolation_level=None)
         try:
-            # busy_timeout first: switching to WAL needs a lock another opener may hold.
             await db.execute("PRAGMA busy_timeout=5000")
-            await db.execute("PRAGMA journal_mode=WAL")
+            await _use_wal(db)
             await db.execute("PRAGMA synchronous=NORMAL")
             store = cls(db)
             await store.migrate(schema_upto)
@@ -86,3 +88,19 @@ class SQLiteStore(SQLStore):
     def _exclusive(self) -> AbstractAsyncContextManager[Executor]:
         # BEGIN IMMEDIATE already excludes every other writer of the file.
         return self._tx()
+
+
+async def _use_wal(db: aiosqlite.Connection) -> None:
+    """Switch to WAL, retrying while another process opening the same file holds the lock.
+
+    Changing the journal mode takes a lock SQLite doesn't wait for (busy_timeout
+    doesn't apply), so processes starting together would otherwise fail at once.
+    """
+    for attempt in range(_WAL_TRIES):
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == _WAL_TRIES - 1:
+                raise
+            await asyncio.sleep(0.05)

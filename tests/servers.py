@@ -74,13 +74,23 @@ class PostgresServer:
     @classmethod
     def start(cls) -> PostgresServer:
         bindir = pg_bindir()
-        root = Path(tempfile.mkdtemp(prefix="gateway-pg-"))
         as_user: list[str] = []
         if os.geteuid() == 0:
-            # initdb refuses to run as root; Debian's package creates this user.
-            user = pwd.getpwnam("postgres")
+            # initdb refuses to run as root: run the server as the `postgres` system
+            # user that Debian's package creates, in a folder it owns under /tmp (a
+            # TMPDIR inside root's home would not be reachable for it).
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                raise RuntimeError(
+                    "running as root, the tests start PostgreSQL as the 'postgres' user, "
+                    "which does not exist: install Debian's `postgresql` package"
+                ) from None
+            root = Path(tempfile.mkdtemp(prefix="gateway-pg-", dir="/tmp"))
             os.chown(root, user.pw_uid, user.pw_gid)
             as_user = ["runuser", "-u", "postgres", "--"]
+        else:
+            root = Path(tempfile.mkdtemp(prefix="gateway-pg-"))
         server = cls(root, free_port(), bindir, as_user)
         server._run(
             str(bindir / "initdb"),

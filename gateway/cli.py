@@ -31,7 +31,7 @@ def serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else config.server.port
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     web.run_app(
-        create_app(config),
+        create_app(config, config_path=Path(args.config).resolve()),
         host=host,
         port=port,
         access_log=None,

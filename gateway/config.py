@@ -52,11 +52,34 @@ class BlobsConfig(_Model):
 class KeyConfig(_Model):
     name: str = Field(min_length=1)
     key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # May this key pick a provider itself with the X-Batch-Provider header?
+    allow_provider_header: bool = False
+    webhook: str | None = None
 
 
 class AuthConfig(_Model):
     open: bool = False
     keys: tuple[KeyConfig, ...] = ()
+    # For the open (keyless) tenant: whether X-Batch-Provider is honoured.
+    allow_provider_header: bool = False
+
+
+class WebhookConfig(_Model):
+    url: str = Field(pattern=r"^https?://")
+    secret: SecretStr
+    max_attempts: int = Field(12, ge=1)
+    # First retry after about this long, doubling each time (capped at an hour).
+    retry_backoff_seconds: float = Field(2.0, gt=0)
+
+
+class PollerConfig(_Model):
+    enabled: bool = True
+    interval_seconds: float = Field(30.0, gt=0)
+    jitter: float = Field(0.1, ge=0, le=1)
+    concurrency_per_provider: int = Field(8, ge=1)
+    # A create still pending after this long belongs to a process that died.
+    pending_grace_seconds: float = Field(120.0, ge=0)
+    webhook_interval_seconds: float = Field(1.0, gt=0)
 
 
 class LimitsConfig(_Model):
@@ -70,6 +93,14 @@ Endpoint = Literal[ALL_ENDPOINTS]  # type: ignore[valid-type]
 
 class _ProviderBase(_Model):
     endpoints: tuple[Endpoint, ...] | None = None
+    connect_timeout_seconds: float = Field(10.0, gt=0)
+    read_timeout_seconds: float = Field(60.0, gt=0)
+    max_retries: int = Field(2, ge=0)
+    retry_backoff_seconds: float = Field(0.5, ge=0)
+    retry_max_backoff_seconds: float = Field(8.0, ge=0)
+    max_concurrency: int = Field(64, ge=1)
+    breaker_failures: int = Field(5, ge=1)
+    breaker_cooldown_seconds: float = Field(30.0, ge=0)
     # Set by the loader, not by users: why a provider is out of routing.
     disabled_reason: str | None = Field(None, exclude=True)
 
@@ -87,7 +118,6 @@ class OpenAIProviderConfig(_ProviderBase):
     type: Literal["openai"]
     base_url: str
     api_key: SecretStr | None = None
-    timeout_seconds: float = Field(60.0, gt=0)
 
     @field_validator("base_url")
     @classmethod
@@ -106,11 +136,33 @@ class RouteMatch(_Model):
     endpoint: Endpoint | None = None
     model: str | None = None
     metadata: dict[str, str] | None = None
+    tenant: str | None = None
+    # The value of an X-Batch-Provider header (only where the caller's key allows it).
+    provider_header: str | None = None
+
+
+class Target(_Model):
+    provider: str
+    weight: float = Field(1.0, gt=0)
 
 
 class Route(_Model):
     match: RouteMatch = RouteMatch()
-    to: str
+    to: tuple[Target, ...]
+    fallback: tuple[str, ...] = ()
+    webhook: str | None = None
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _one_target(cls, value: Any) -> Any:
+        return [{"provider": value}] if isinstance(value, str) else value
+
+
+class RoutingConfig(_Model):
+    # Seed for weighted choice; set it to make routing reproducible (tests).
+    seed: int | None = None
+    # Show the chosen provider in the batch's metadata as `gateway_provider`.
+    expose_provider: bool = False
 
 
 class Config(_Model):
@@ -122,6 +174,10 @@ class Config(_Model):
     providers: dict[str, ProviderConfig]
     routes: tuple[Route, ...] = ()
     default: str
+    default_fallback: tuple[str, ...] = ()
+    routing: RoutingConfig = RoutingConfig()
+    poller: PollerConfig = PollerConfig()
+    webhooks: dict[str, WebhookConfig] = {}
     # Folder that relative paths were resolved against (the config file's own).
     base_dir: Path = Field(Path("."), exclude=True)
 
@@ -196,11 +252,7 @@ def parse_config(raw: Any, base_dir: Path) -> Config:
             updates["dir"] = _resolve(base_dir, provider.dir)
         providers[name] = provider.model_copy(update=updates)
 
-    for i, route in enumerate(config.routes):
-        if route.to not in providers:
-            raise ConfigError(f"config is invalid:\n  routes.{i}.to: unknown provider {route.to!r}")
-    if config.default not in providers:
-        raise ConfigError(f"config is invalid:\n  default: unknown provider {config.default!r}")
+    _check_references(config, providers)
 
     store = config.store
     if store.url.startswith("sqlite:///"):
@@ -217,6 +269,30 @@ def parse_config(raw: Any, base_dir: Path) -> Config:
             "blobs": BlobsConfig(dir=_resolve(base_dir, config.blobs.dir)),
         }
     )
+
+
+def _check_references(config: Config, providers: dict[str, Any]) -> None:
+    """Every provider and webhook a rule names must exist."""
+    problems = []
+    for i, route in enumerate(config.routes):
+        for j, target in enumerate(route.to):
+            if target.provider not in providers:
+                problems.append(f"routes.{i}.to.{j}: unknown provider {target.provider!r}")
+        for j, name in enumerate(route.fallback):
+            if name not in providers:
+                problems.append(f"routes.{i}.fallback.{j}: unknown provider {name!r}")
+        if route.webhook is not None and route.webhook not in config.webhooks:
+            problems.append(f"routes.{i}.webhook: unknown webhook {route.webhook!r}")
+    if config.default not in providers:
+        problems.append(f"default: unknown provider {config.default!r}")
+    for j, name in enumerate(config.default_fallback):
+        if name not in providers:
+            problems.append(f"default_fallback.{j}: unknown provider {name!r}")
+    for i, key in enumerate(config.auth.keys):
+        if key.webhook is not None and key.webhook not in config.webhooks:
+            problems.append(f"auth.keys.{i}.webhook: unknown webhook {key.webhook!r}")
+    if problems:
+        raise ConfigError("config is invalid:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 def load_config(path: str | Path) -> Config:

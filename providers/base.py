@@ -33,6 +33,9 @@ BATCH_STATUSES = (
     "cancelling",
     "cancelled",
 )
+# The metadata key under which the gateway tags upstream batches with its own id.
+GATEWAY_TAG = "gateway_batch_id"
+
 TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 
 # Every endpoint OpenAI's Batch API accepts; adapters narrow it per provider.
@@ -63,13 +66,24 @@ class ProviderError(Exception):
     """An upstream call failed; `message` is safe to show a client (no keys, no URLs)."""
 
     def __init__(
-        self, kind: ErrorKind, message: str, *, status: int | None = None, code: str | None = None
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+        ambiguous: bool = False,
     ) -> None:
         super().__init__(message)
         self.kind: ErrorKind = kind
         self.message = message
         self.status = status
         self.code = code
+        # Seconds the provider asked us to wait (Retry-After), if it said.
+        self.retry_after = retry_after
+        # The request may have been carried out upstream (timeout or reset after sending).
+        self.ambiguous = ambiguous
 
     @property
     def retryable(self) -> bool:
@@ -123,6 +137,15 @@ class BatchRequest:
     completion_window: str = "24h"
     metadata: dict[str, str] | None = None
     output_expires_after: dict[str, Any] | None = None
+    # The gateway's own id, for adapters that can tag the upstream batch with it.
+    gateway_batch_id: str | None = None
+
+    def tagged_metadata(self, max_pairs: int = 16) -> dict[str, str] | None:
+        """The caller's metadata plus the gateway tag, when the provider's limit leaves room."""
+        metadata = dict(self.metadata or {})
+        if self.gateway_batch_id and len(metadata) < max_pairs:
+            metadata[GATEWAY_TAG] = self.gateway_batch_id
+        return metadata or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +184,14 @@ class Provider(Protocol):
 
     async def get_file(self, upstream_file_id: str) -> UpstreamFile: ...
 
+    async def find_batch(self, gateway_batch_id: str) -> UpstreamBatch | None:
+        """The upstream batch tagged with this gateway id, if the provider keeps metadata.
+
+        Used when a create's outcome is unknown (timeout, crash) so it is attached,
+        not duplicated.
+        """
+        ...
+
     def open_file_content(self, upstream_file_id: str) -> ByteStream:
         """Context manager yielding the file's bytes as chunks.
 
@@ -184,6 +215,9 @@ class BaseProvider:
 
     def supports(self, endpoint: str) -> bool:
         return endpoint in self.endpoints
+
+    async def find_batch(self, gateway_batch_id: str) -> UpstreamBatch | None:
+        return None
 
     async def close(self) -> None:
         return None

@@ -9,8 +9,10 @@ scrubbed out before anything leaves this module.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -33,6 +35,36 @@ def kind_for_status(status: int) -> ErrorKind:
     return "bad_request"
 
 
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from `retry-after-ms` / `Retry-After` (seconds or an HTTP date)."""
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def transport_error(exc: BaseException) -> ProviderError:
+    """A failure below HTTP. Only a failed connect proves the request never arrived."""
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return ProviderError("retryable", f"could not connect ({type(exc).__name__})")
+    if isinstance(exc, TimeoutError):
+        return ProviderError("retryable", "the request timed out", ambiguous=True)
+    message = f"connection failed ({type(exc).__name__})"
+    return ProviderError("retryable", message, ambiguous=True)
+
+
 def path_id(value: str) -> str:
     """An upstream id made safe for a URL path segment."""
     return quote(value, safe="")
@@ -47,14 +79,15 @@ class HTTPProvider(BaseProvider):
         base_url: str,
         headers: dict[str, str],
         secrets: tuple[str, ...],
-        timeout_seconds: float,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
     ) -> None:
         super().__init__(name, endpoints)
         self.base_url = base_url.rstrip("/")
         self._headers = headers
         self._secrets = tuple(s for s in (*secrets, self.base_url) if s)
         self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=10, sock_read=timeout_seconds
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
         self._session: aiohttp.ClientSession | None = None
 
@@ -83,19 +116,18 @@ class HTTPProvider(BaseProvider):
             async with self.session.request(method, self.base_url + path, **kwargs) as resp:
                 body = await resp.read()
                 if resp.status >= 400:
-                    raise self.http_error(resp.status, body)
-        except aiohttp.ClientError as exc:
-            raise ProviderError("retryable", f"connection failed ({type(exc).__name__})") from None
-        except TimeoutError:
-            raise ProviderError("retryable", "the request timed out") from None
+                    raise self.http_error(resp.status, body, resp.headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise transport_error(exc) from None
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise ProviderError(
-                "retryable", "the provider sent a response that is not JSON"
-            ) from None
+            data = None
         if not isinstance(data, dict):
-            raise ProviderError("retryable", "the provider sent an unexpected response")
+            # The request was carried out, but what came back is unreadable.
+            raise ProviderError(
+                "retryable", "the provider sent an unreadable response", ambiguous=True
+            )
         return data
 
     @asynccontextmanager
@@ -104,20 +136,19 @@ class HTTPProvider(BaseProvider):
         try:
             async with self.session.get(self.base_url + path) as resp:
                 if resp.status >= 400:
-                    raise self.http_error(resp.status, await resp.read())
+                    raise self.http_error(resp.status, await resp.read(), resp.headers)
                 yield resp.content.iter_chunked(CHUNK)
-        except aiohttp.ClientError as exc:
-            raise ProviderError("retryable", f"connection failed ({type(exc).__name__})") from None
-        except TimeoutError:
-            raise ProviderError("retryable", "the request timed out") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise transport_error(exc) from None
 
-    def http_error(self, status: int, body: bytes) -> ProviderError:
+    def http_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> ProviderError:
         message, code = self.error_detail(body)
         return ProviderError(
             kind_for_status(status),
             self.scrub(message or f"HTTP {status}"),
             status=status,
             code=code,
+            retry_after=retry_after(headers),
         )
 
     def error_detail(self, body: bytes) -> tuple[str | None, str | None]:

@@ -28,5 +28,6 @@ def build_provider(name: str, config: ProviderConfig) -> Provider:
         endpoints,
         base_url=config.base_url,
         api_key=config.api_key.get_secret_value(),
-        timeout_seconds=config.timeout_seconds,
+        connect_timeout=config.connect_timeout_seconds,
+        read_timeout=config.read_timeout_seconds,
     )

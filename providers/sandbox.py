@@ -437,6 +437,12 @@ class SandboxProvider(BaseProvider):
             ts.pop("cancelled_at", None)  # even with cancel_seconds=0 the call answers "cancelling"
             return self._view(state, "cancelling", ts, done)
 
+    async def find_batch(self, gateway_batch_id: str) -> UpstreamBatch | None:
+        for path in sorted(self.directory.glob("batch_sbx*.json")):
+            if self._read_json(path, "batch").get("gateway_batch_id") == gateway_batch_id:
+                return await self.get_batch(path.stem)
+        return None
+
     async def get_file(self, upstream_file_id: str) -> UpstreamFile:
         path = self._data_path(upstream_file_id).with_suffix(".meta.json")
         return UpstreamFile(**self._read_json(path, "file"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -9,14 +10,15 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from gateway.store.base import BatchRecord, FileRecord, Page, UnknownCursor
+from gateway.store.base import BatchRecord, FileRecord, Page, UnknownCursor, WebhookDelivery
 
 _FILE_COLS = (
     "id, tenant, purpose, filename, bytes, created_at, expires_at, sha256, line_count,"
     " endpoint, models, blob, provider, upstream_id, batch_id"
 )
 _BATCH_COLS = (
-    "id, tenant, provider, input_file_id, created_at, object, upstream_id, pending, output_ttl"
+    "id, tenant, provider, input_file_id, created_at, object, upstream_id, pending, output_ttl,"
+    " webhook"
 )
 
 
@@ -60,6 +62,7 @@ def _batch(row: Any) -> BatchRecord:
         upstream_id=row[6],
         pending=bool(row[7]),
         output_ttl=row[8],
+        webhook=row[9],
     )
 
 
@@ -192,11 +195,16 @@ class SQLiteStore:
             (file_id, provider, upstream_id),
         )
 
+    async def delete_upstream_file(self, file_id: str, provider: str) -> None:
+        await self._db.execute(
+            "DELETE FROM upstream_files WHERE file_id = ? AND provider = ?", (file_id, provider)
+        )
+
     # batches
 
     async def insert_batch(self, record: BatchRecord) -> None:
         await self._db.execute(
-            f"INSERT INTO batches ({_BATCH_COLS}, status) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO batches ({_BATCH_COLS}, status) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (
                 record.id,
                 record.tenant,
@@ -207,21 +215,39 @@ class SQLiteStore:
                 record.upstream_id,
                 int(record.pending),
                 record.output_ttl,
+                record.webhook,
                 record.status,
             ),
         )
 
-    async def update_batch(self, record: BatchRecord) -> None:
-        await self._db.execute(
-            "UPDATE batches SET object = ?, upstream_id = ?, pending = ?, status = ? WHERE id = ?",
+    async def update_batch(self, record: BatchRecord, *, event: bytes | None = None) -> None:
+        update = (
+            "UPDATE batches SET object = ?, upstream_id = ?, pending = ?, status = ?, provider = ?"
+            " WHERE id = ?",
             (
                 orjson.dumps(record.object).decode(),
                 record.upstream_id,
                 int(record.pending),
                 record.status,
+                record.provider,
                 record.id,
             ),
         )
+        if event is None or record.webhook is None:
+            await self._db.execute(*update)
+            return
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            await self._db.execute(*update)
+            await self._db.execute(
+                "INSERT INTO webhook_deliveries (batch_id, webhook, event, next_attempt_at)"
+                " VALUES (?, ?, ?, ?)",
+                (record.id, record.webhook, event.decode(), time.time()),
+            )
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            raise
 
     async def delete_batch(self, batch_id: str) -> None:
         await self._db.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
@@ -254,12 +280,36 @@ class SQLiteStore:
         ) as cur:
             return [_batch(r) for r in await cur.fetchall()]
 
-    async def active_batches(self) -> list[BatchRecord]:
-        async with self._db.execute(
+    async def active_batches(self, provider: str | None = None) -> list[BatchRecord]:
+        sql = (
             f"SELECT {_BATCH_COLS} FROM batches WHERE status NOT IN"
-            " ('completed', 'failed', 'expired', 'cancelled') AND pending = 0 ORDER BY seq"
-        ) as cur:
+            " ('completed', 'failed', 'expired', 'cancelled') AND pending = 0"
+        )
+        args: tuple[Any, ...] = ()
+        if provider is not None:
+            sql += " AND provider = ?"
+            args = (provider,)
+        async with self._db.execute(sql + " ORDER BY seq", args) as cur:
             return [_batch(r) for r in await cur.fetchall()]
+
+    async def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]:
+        async with self._db.execute(
+            "SELECT id, batch_id, webhook, event, attempts FROM webhook_deliveries"
+            " WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
+            (now, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [WebhookDelivery(r[0], r[1], r[2], r[3].encode(), r[4]) for r in rows]
+
+    async def finish_delivery(
+        self, delivery_id: int, *, delivered: bool, next_attempt_at: float | None, error: str | None
+    ) -> None:
+        state = "delivered" if delivered else "pending" if next_attempt_at is not None else "failed"
+        await self._db.execute(
+            "UPDATE webhook_deliveries SET state = ?, attempts = attempts + 1,"
+            " next_attempt_at = coalesce(?, next_attempt_at), last_error = ? WHERE id = ?",
+            (state, next_attempt_at, error, delivery_id),
+        )
 
     async def _seq(self, table: str, object_id: str, tenant: str) -> int:
         async with self._db.execute(

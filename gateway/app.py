@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
+import os
 import signal
 from collections.abc import AsyncIterator
 from contextlib import suppress
@@ -12,14 +12,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway import __version__
+from gateway import __version__, logs, metrics
 from gateway.api import SERVICE, json_response
 from gateway.api import batches as batches_api
 from gateway.api import files as files_api
 from gateway.auth import Authenticator
 from gateway.blobs import LocalBlobs
 from gateway.config import Config, ConfigError, load_config
-from gateway.errors import Handler, error_middleware
+from gateway.errors import error_middleware
 from gateway.poller import Poller
 from gateway.routing import Router
 from gateway.service import GatewayService
@@ -35,28 +35,12 @@ SERVICE_CONFIG = web.AppKey("service_config", Config)
 CONFIG_PATH = web.AppKey("config_path", Path)
 _BACKGROUND = web.AppKey("background", set[asyncio.Task[None]])
 _RETIRED = web.AppKey("retired", list[Provider])
+PRIMARY = web.AppKey("primary", bool)
 AUTH = web.AppKey("auth", Authenticator)
 POLLER = web.AppKey("poller", Poller)
-REQUEST_ID = web.RequestKey("request_id", str)
 
 # How long replaced providers stay open for calls that were already running.
 RELOAD_GRACE_SECONDS = 120.0
-
-
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Echo the caller's X-Request-ID (or a new one) so a request can be traced."""
-    incoming = request.headers.get("X-Request-ID", "")
-    rid = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else None
-    request[REQUEST_ID] = rid or f"req_{secrets.token_hex(12)}"
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        exc.headers["X-Request-ID"] = request[REQUEST_ID]
-        raise
-    if not response.prepared:
-        response.headers["X-Request-ID"] = request[REQUEST_ID]
-    return response
 
 
 def build_providers(config: Config) -> dict[str, ResilientProvider]:
@@ -73,7 +57,10 @@ def build_providers(config: Config) -> dict[str, ResilientProvider]:
             breaker_failures=pc.breaker_failures,
             breaker_cooldown=pc.breaker_cooldown_seconds,
         )
-        providers[name] = ResilientProvider(build_provider(name, pc), policy)
+        providers[name] = ResilientProvider(
+            build_provider(name, pc), policy, observer=metrics.UpstreamMetrics()
+        )
+    metrics.initialize(providers)
     return providers
 
 
@@ -118,9 +105,11 @@ def reload_config(app: web.Application) -> bool:
     try:
         config = load_config(path)
     except ConfigError as exc:
+        metrics.RELOADS.labels("failure").inc()
         log.error("config reload refused, keeping the running config: %s", exc)
         return False
     apply_config(app, config)
+    metrics.RELOADS.labels("success").inc()
     log.info("config reloaded from %s", path)
     return True
 
@@ -135,6 +124,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         providers=providers,
         router=Router(config, providers),
         config=config,
+        events=metrics.BatchMetrics(),
     )
     webhooks = WebhookSender(store, config.webhooks)
     poller = Poller(service, config.poller, webhooks)
@@ -144,8 +134,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     retired: list[Provider] = []
     app[_RETIRED] = retired
     try:
-        await service.reconcile_pending(config.poller.pending_grace_seconds)
-        if config.poller.enabled:
+        if app[PRIMARY]:
+            await service.reconcile_pending(config.poller.pending_grace_seconds)
+        if config.poller.enabled and app[PRIMARY]:
             background.add(asyncio.create_task(poller.run()))
         loop = asyncio.get_running_loop()
         if CONFIG_PATH in app:
@@ -168,21 +159,33 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
 
 async def live(request: web.Request) -> web.Response:
-    return json_response({"status": "ok", "version": __version__})
+    return json_response({"status": "ok", "version": __version__, "pid": os.getpid()})
 
 
 async def ready(request: web.Request) -> web.Response:
-    return json_response({"status": "ok", "providers": sorted(request.app[SERVICE].providers)})
+    providers = sorted(request.app[SERVICE].providers)
+    return json_response({"status": "ok", "providers": providers, "pid": os.getpid()})
 
 
-def create_app(config: Config, *, config_path: Path | None = None) -> web.Application:
-    """`config_path` enables reload on SIGHUP (the file is re-read from there)."""
+def create_app(
+    config: Config, *, config_path: Path | None = None, primary: bool = True
+) -> web.Application:
+    """`config_path` enables reload on SIGHUP (the file is re-read from there).
+
+    Only the primary process (worker 0) runs the poller, reconciliation and webhooks.
+    """
     auth = Authenticator(config.auth)
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware, auth.middleware()],
+        middlewares=[
+            logs.request_middleware(config.logging.access_log),
+            metrics.http_metrics_middleware,
+            error_middleware,
+            auth.middleware(),
+        ],
         client_max_size=1024 * 1024,
     )
     app[SERVICE_CONFIG] = config
+    app[PRIMARY] = primary
     app[AUTH] = auth
     if config_path is not None:
         app[CONFIG_PATH] = config_path
@@ -191,4 +194,5 @@ def create_app(config: Config, *, config_path: Path | None = None) -> web.Applic
     batches_api.add_routes(app)
     app.router.add_get("/health/live", live)
     app.router.add_get("/health/ready", ready)
+    app.router.add_get("/metrics", metrics.metrics_handler)
     return app

@@ -72,6 +72,13 @@ class WebhookConfig(_Model):
     retry_backoff_seconds: float = Field(2.0, gt=0)
 
 
+class LoggingConfig(_Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+    # One line per request (method, route, status, duration) at INFO.
+    access_log: bool = True
+
+
 class PollerConfig(_Model):
     enabled: bool = True
     interval_seconds: float = Field(30.0, gt=0)
@@ -177,6 +184,7 @@ class Config(_Model):
     default_fallback: tuple[str, ...] = ()
     routing: RoutingConfig = RoutingConfig()
     poller: PollerConfig = PollerConfig()
+    logging: LoggingConfig = LoggingConfig()
     webhooks: dict[str, WebhookConfig] = {}
     # Folder that relative paths were resolved against (the config file's own).
     base_dir: Path = Field(Path("."), exclude=True)

@@ -11,14 +11,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from contextlib import suppress
 
+from gateway import metrics
 from gateway.config import PollerConfig
 from gateway.service import GatewayService
 from gateway.webhooks import WebhookSender
 from providers.base import TERMINAL_STATUSES
 
 log = logging.getLogger("gateway.poller")
+
+# The timestamp at which a batch entered each active status.
+PHASE_STARTED = {
+    "validating": "created_at",
+    "in_progress": "in_progress_at",
+    "finalizing": "finalizing_at",
+    "cancelling": "cancelling_at",
+}
 
 
 class Poller:
@@ -61,8 +71,22 @@ class Poller:
                 log.error("poller: sweep of %s failed: %s", name, type(exc).__name__)
             await asyncio.sleep(self._pause())
 
+    async def refresh_gauges(self) -> None:
+        """Batches by provider and status, and the oldest per active status, from the store."""
+        store = self.service.store
+        now = time.time()
+        oldest: dict[tuple[str, str], float] = {}
+        for record in await store.active_batches():
+            started = record.object.get(PHASE_STARTED.get(record.status, "")) or record.created_at
+            key = (record.provider, record.status)
+            oldest[key] = max(oldest.get(key, 0.0), now - started)
+        metrics.set_batch_gauges(
+            await store.count_batches(), [(p, s, age) for (p, s), age in oldest.items()]
+        )
+
     async def run(self) -> None:
         """Supervise provider loops (providers may change on reload) and housekeeping."""
+        gauges_due = 0.0
         while True:
             for name in self.service.providers:
                 task = self._loops.get(name)
@@ -71,6 +95,9 @@ class Poller:
             try:
                 await self.service.reconcile_pending(self.config.pending_grace_seconds)
                 await self.webhooks.deliver_due()
+                if time.monotonic() >= gauges_due:
+                    await self.refresh_gauges()
+                    gauges_due = time.monotonic() + self.config.interval_seconds
             except Exception as exc:
                 log.error("poller: housekeeping failed: %s", type(exc).__name__)
             await asyncio.sleep(self.config.webhook_interval_seconds)

@@ -55,10 +55,19 @@ INTERRUPTED = {
 class ServiceEvents:
     """What the service reports as it works (metrics subclass this)."""
 
+    def routed(self, rule: str, provider: str) -> None:
+        return None
+
+    def created(self, provider: str, endpoint: str) -> None:
+        return None
+
     def fallback(self, from_provider: str, to_provider: str, reason: str) -> None:
         return None
 
     def terminal(self, record: BatchRecord) -> None:
+        return None
+
+    def file_bytes(self, direction: str, size: int) -> None:
         return None
 
 
@@ -159,6 +168,7 @@ class GatewayService:
         except BaseException:
             self.blobs.delete(file_id)
             raise
+        self.events.file_bytes("upload", size)
         return record
 
     async def get_file(self, tenant: str, file_id: str) -> FileRecord:
@@ -260,6 +270,8 @@ class GatewayService:
                 "gateway_provider": record.provider,
             }
         await self._apply(record, upstream)
+        self.events.routed(decision.rule, record.provider)
+        self.events.created(record.provider, body.endpoint)
         log.info("batch %s created on provider %s (%s)", record.id, record.provider, decision.rule)
         return record.object
 

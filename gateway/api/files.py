@@ -127,17 +127,24 @@ async def delete(request: web.Request) -> web.Response:
 
 
 async def content(request: web.Request) -> web.StreamResponse:
-    source = await service(request).open_content(tenant_of(request), request.match_info["file_id"])
+    svc = service(request)
+    source = await svc.open_content(tenant_of(request), request.match_info["file_id"])
     if isinstance(source, FileRecord):
         assert source.blob is not None
-        path = service(request).blobs.path(source.blob)
+        svc.events.file_bytes("download", source.bytes)
+        path = svc.blobs.path(source.blob)
         return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
-    async with source as chunks:
-        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        await response.prepare(request)
-        async for chunk in chunks:
-            await response.write(chunk)
-        await response.write_eof()
+    sent = 0
+    try:
+        async with source as chunks:
+            response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+            await response.prepare(request)
+            async for chunk in chunks:
+                await response.write(chunk)
+                sent += len(chunk)
+            await response.write_eof()
+    finally:
+        svc.events.file_bytes("download", sent)
     return response
 
 

@@ -103,6 +103,10 @@ class Store(Protocol):
 
     async def active_batches(self, provider: str | None = None) -> list[BatchRecord]: ...
 
+    async def count_batches(self) -> list[tuple[str, str, int]]:
+        """(provider, status, count) over every batch, for the dashboard's gauges."""
+        ...
+
     async def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]: ...
 
     async def finish_delivery(

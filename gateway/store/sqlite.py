@@ -75,9 +75,9 @@ class SQLiteStore:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path, isolation_level=None)
+        await db.execute("PRAGMA busy_timeout=5000")  # first: other processes may hold locks
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=NORMAL")
-        await db.execute("PRAGMA busy_timeout=5000")
         store = cls(db)
         await store.migrate()
         return store
@@ -291,6 +291,13 @@ class SQLiteStore:
             args = (provider,)
         async with self._db.execute(sql + " ORDER BY seq", args) as cur:
             return [_batch(r) for r in await cur.fetchall()]
+
+    async def count_batches(self) -> list[tuple[str, str, int]]:
+        async with self._db.execute(
+            "SELECT provider, status, count(*) FROM batches WHERE pending = 0"
+            " GROUP BY provider, status"
+        ) as cur:
+            return [(r[0], r[1], r[2]) for r in await cur.fetchall()]
 
     async def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]:
         async with self._db.execute(

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from gateway.config import Config, ConfigError, OpenAIProviderConfig, load_config
+from gateway.config import Config, ConfigError, load_config
 
 DEFAULT_CONFIG = "config.yaml"
 
@@ -59,10 +59,10 @@ def check_config(args: argparse.Namespace) -> int:
     print(f"blobs:  {config.blobs.dir}")
     print("providers:")
     for name, provider in config.providers.items():
-        where = provider.base_url if isinstance(provider, OpenAIProviderConfig) else "in-process"
+        where = getattr(provider, "base_url", "in-process")
         state = f"disabled: {provider.disabled_reason}" if provider.disabled_reason else "enabled"
         endpoints = ", ".join(provider.endpoints) if provider.endpoints else "all"
-        print(f"  {name:<12} {provider.type:<8} {where}  [{state}]  endpoints: {endpoints}")
+        print(f"  {name:<12} {provider.type:<9} {where}  [{state}]  endpoints: {endpoints}")
     print("routing:")
     enabled = {n: p for n, p in config.providers.items() if not p.disabled_reason}
     for line in Router(config, enabled).table():  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -121,22 +122,64 @@ class SandboxProviderConfig(_ProviderBase):
     cancel_seconds: float = Field(1.0, ge=0)
 
 
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return value.rstrip("/")
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
 class OpenAIProviderConfig(_ProviderBase):
     type: Literal["openai"]
-    base_url: str
+    base_url: HttpUrl
     api_key: SecretStr | None = None
 
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
+
+class AnthropicProviderConfig(_ProviderBase):
+    """Anthropic Message Batches; runs `/v1/chat/completions` batches only."""
+
+    type: Literal["anthropic"]
+    endpoints: tuple[Literal["/v1/chat/completions"], ...] | None = ("/v1/chat/completions",)
+    base_url: HttpUrl = "https://api.anthropic.com"
+    api_key: SecretStr | None = None
+    anthropic_version: str = "2023-06-01"
+    # Anthropic requires max_tokens; used for lines that set neither max_tokens nor
+    # max_completion_tokens (without it such lines are rejected at create).
+    default_max_tokens: int | None = Field(None, ge=1)
+    dir: Path = Path("./data/anthropic")
 
 
-ProviderConfig = Annotated[
-    SandboxProviderConfig | OpenAIProviderConfig, Field(discriminator="type")
-]
+class EmulatedProviderConfig(_ProviderBase):
+    """A synchronous OpenAI-compatible server (vLLM, Ollama, ...) run as a batch by the
+    gateway itself. `base_url` includes the API prefix (`http://localhost:8000/v1`)."""
+
+    type: Literal["emulated"]
+    endpoints: tuple[Endpoint, ...] | None = (
+        "/v1/chat/completions",
+        "/v1/embeddings",
+        "/v1/completions",
+    )
+    base_url: HttpUrl
+    api_key: SecretStr | None = None
+    concurrency: int = Field(8, ge=1, le=256)  # the HTTP client pools 256 connections
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    max_retries: int = Field(5, ge=0)
+    retry_backoff_seconds: float = Field(1.0, ge=0)
+    completion_window_seconds: float = Field(86_400, gt=0)
+    # A synchronous model call can take minutes.
+    read_timeout_seconds: float = Field(600.0, gt=0)
+    dir: Path = Path("./data/emulated")
+
+
+AnyProviderConfig = (
+    SandboxProviderConfig | OpenAIProviderConfig | AnthropicProviderConfig | EmulatedProviderConfig
+)
+ProviderConfig = Annotated[AnyProviderConfig, Field(discriminator="type")]
+# Remote providers that cannot work without a key: a missing one disables them.
+_NEEDS_KEY = (OpenAIProviderConfig, AnthropicProviderConfig)
 
 
 class RouteMatch(_Model):
@@ -189,7 +232,7 @@ class Config(_Model):
     # Folder that relative paths were resolved against (the config file's own).
     base_dir: Path = Field(Path("."), exclude=True)
 
-    def enabled_providers(self) -> dict[str, SandboxProviderConfig | OpenAIProviderConfig]:
+    def enabled_providers(self) -> dict[str, AnyProviderConfig]:
         return {n: p for n, p in self.providers.items() if p.disabled_reason is None}
 
     def sqlite_path(self) -> Path | None:
@@ -251,13 +294,18 @@ def parse_config(raw: Any, base_dir: Path) -> Config:
     for name, provider in config.providers.items():
         reason = None
         unset = [var for p, var in missing if p.startswith(f"providers.{name}.")]
-        if isinstance(provider, OpenAIProviderConfig) and (
-            provider.api_key is None or not provider.api_key.get_secret_value()
-        ):
+        key = getattr(provider, "api_key", None)
+        if isinstance(provider, _NEEDS_KEY) and (key is None or not key.get_secret_value()):
             reason = f"api_key is not set ({', '.join(unset) or 'empty'})"
+        elif isinstance(provider, EmulatedProviderConfig) and (
+            key_vars := [var for p, var in missing if p == f"providers.{name}.api_key"]
+        ):
+            # The key is optional, but naming an unset variable is a mistake, not "no key";
+            # `${VAR:-}` says "no key" explicitly.
+            reason = f"api_key is not set ({', '.join(key_vars)})"
         updates: dict[str, Any] = {"disabled_reason": reason}
-        if isinstance(provider, SandboxProviderConfig):
-            updates["dir"] = _resolve(base_dir, provider.dir)
+        if "dir" in type(provider).model_fields:
+            updates["dir"] = _resolve(base_dir, provider.dir)  # type: ignore[union-attr]
         providers[name] = provider.model_copy(update=updates)
 
     _check_references(config, providers)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
@@ -65,12 +66,47 @@ def transport_error(exc: BaseException) -> ProviderError:
     return ProviderError("retryable", message, ambiguous=True)
 
 
+@dataclass(frozen=True, slots=True)
+class RawResponse:
+    """An upstream answer of any status, for callers that act on non-2xx themselves."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@contextmanager
+def transport_errors() -> Iterator[None]:
+    """Connection failures and timeouts as retryable ProviderErrors (no URL in the text)."""
+    try:
+        yield
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise transport_error(exc) from None
+
+
+async def iter_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Non-blank JSONL lines from a chunked body (a line may span chunks)."""
+    pending = b""
+    async for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield line
+    if pending.strip():
+        yield pending
+
+
 def path_id(value: str) -> str:
     """An upstream id made safe for a URL path segment."""
     return quote(value, safe="")
 
 
 class HTTPProvider(BaseProvider):
+    # Which key of the error object names the error: OpenAI's envelope says `code`,
+    # Anthropic's `{"type": "error", "error": {"type", "message"}}` says `type`.
+    error_code_key = "code"
+
     def __init__(
         self,
         name: str,
@@ -111,16 +147,18 @@ class HTTPProvider(BaseProvider):
             text = text.replace(secret, "[redacted]")
         return _UPSTREAM_ID.sub("[upstream id]", text)[:1000]
 
-    async def request_json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        try:
+    async def request_raw(self, method: str, path: str, **kwargs: Any) -> RawResponse:
+        """One request; only transport failures raise (as retryable ProviderErrors)."""
+        with transport_errors():
             async with self.session.request(method, self.base_url + path, **kwargs) as resp:
-                body = await resp.read()
-                if resp.status >= 400:
-                    raise self.http_error(resp.status, body, resp.headers)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise transport_error(exc) from None
+                return RawResponse(resp.status, resp.headers.copy(), await resp.read())
+
+    async def request_json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        resp = await self.request_raw(method, path, **kwargs)
+        if resp.status >= 400:
+            raise self.http_error(resp.status, resp.body, resp.headers)
         try:
-            data = orjson.loads(body)
+            data = orjson.loads(resp.body)
         except orjson.JSONDecodeError:
             data = None
         if not isinstance(data, dict):
@@ -133,13 +171,11 @@ class HTTPProvider(BaseProvider):
     @asynccontextmanager
     async def stream(self, path: str) -> AsyncIterator[AsyncIterator[bytes]]:
         """GET `path` and yield its body as chunks; errors surface on entry."""
-        try:
+        with transport_errors():
             async with self.session.get(self.base_url + path) as resp:
                 if resp.status >= 400:
                     raise self.http_error(resp.status, await resp.read(), resp.headers)
                 yield resp.content.iter_chunked(CHUNK)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise transport_error(exc) from None
 
     def http_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> ProviderError:
         message, code = self.error_detail(body)
@@ -152,14 +188,14 @@ class HTTPProvider(BaseProvider):
         )
 
     def error_detail(self, body: bytes) -> tuple[str | None, str | None]:
-        """(message, code) from an error body; adapters override for other shapes."""
+        """(message, code) from an error body `{"error": {"message", <error_code_key>}}`."""
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
             return None, None
         error = data.get("error") if isinstance(data, dict) else None
         if isinstance(error, dict):
-            message, code = error.get("message"), error.get("code")
+            message, code = error.get("message"), error.get(self.error_code_key)
             return (
                 message if isinstance(message, str) else None,
                 code if isinstance(code, str) else None,

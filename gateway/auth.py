@@ -21,8 +21,12 @@ def hash_key(key: str) -> str:
 
 class Authenticator:
     def __init__(self, config: AuthConfig) -> None:
-        self._open = config.open
+        self.configure(config)
+
+    def configure(self, config: AuthConfig) -> None:
+        """(Re)load keys; one assignment each, so a request sees old or new, never a mix."""
         self._keys = tuple((bytes.fromhex(k.key_sha256), k.name) for k in config.keys)
+        self._open = config.open
 
     def tenant(self, authorization: str | None) -> str:
         token = None

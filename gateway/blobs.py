@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO, Protocol
 
 from gateway.config import BlobsConfig
+from providers.base import ByteStream
 
 CHUNK = 256 * 1024
-
-ByteStream = AbstractAsyncContextManager[AsyncIterator[bytes]]
 
 
 class BlobWriter(Protocol):

@@ -24,8 +24,9 @@ from aiobotocore.response import StreamingBody
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
-from gateway.blobs import CHUNK, ByteStream
+from gateway.blobs import CHUNK
 from gateway.config import S3BlobsConfig
+from providers.base import ByteStream
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from gateway.config import Config, ConfigError, OpenAIProviderConfig, load_config
+from gateway.config import Config, ConfigError, load_config
 
 DEFAULT_CONFIG = "config.yaml"
 
@@ -22,20 +22,30 @@ def _load(path: str) -> Config:
 
 
 def serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    from gateway import logs
+
+    logs.configure(config.logging.level, config.logging.format)
+    if args.workers > 1:
+        from gateway.workers import supervise
+
+        return supervise(args.workers, sys.argv[1:])
     from aiohttp import web
 
     from gateway.app import create_app
 
-    config = _load(args.config)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    log = logging.getLogger("gateway")
+    if args.worker_index:
+        log.info("worker %d: the poller runs in worker 0 only", args.worker_index)
     web.run_app(
-        create_app(config),
+        create_app(config, config_path=Path(args.config).resolve(), primary=args.worker_index == 0),
         host=host,
         port=port,
         access_log=None,
-        print=lambda _: logging.getLogger("gateway").info("listening on http://%s:%s", host, port),
+        reuse_port=args.reuse_port,
+        print=lambda _: log.info("listening on http://%s:%s", host, port),
     )
     return 0
 
@@ -49,10 +59,10 @@ def check_config(args: argparse.Namespace) -> int:
     print(f"blobs:  {config.blobs.describe()}")
     print("providers:")
     for name, provider in config.providers.items():
-        where = provider.base_url if isinstance(provider, OpenAIProviderConfig) else "in-process"
+        where = getattr(provider, "base_url", "in-process")
         state = f"disabled: {provider.disabled_reason}" if provider.disabled_reason else "enabled"
         endpoints = ", ".join(provider.endpoints) if provider.endpoints else "all"
-        print(f"  {name:<12} {provider.type:<8} {where}  [{state}]  endpoints: {endpoints}")
+        print(f"  {name:<12} {provider.type:<9} {where}  [{state}]  endpoints: {endpoints}")
     print("routing:")
     enabled = {n: p for n, p in config.providers.items() if not p.disabled_reason}
     for line in Router(config, enabled).table():  # type: ignore[arg-type]
@@ -82,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=DEFAULT_CONFIG)
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=serve)
 
     p = sub.add_parser("check-config", help="validate a config and print the routing table")

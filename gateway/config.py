@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -120,11 +121,41 @@ class BlobsConfig(_Model):
 class KeyConfig(_Model):
     name: str = Field(min_length=1)
     key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # May this key pick a provider itself with the X-Batch-Provider header?
+    allow_provider_header: bool = False
+    webhook: str | None = None
 
 
 class AuthConfig(_Model):
     open: bool = False
     keys: tuple[KeyConfig, ...] = ()
+    # For the open (keyless) tenant: whether X-Batch-Provider is honoured.
+    allow_provider_header: bool = False
+
+
+class WebhookConfig(_Model):
+    url: str = Field(pattern=r"^https?://")
+    secret: SecretStr
+    max_attempts: int = Field(12, ge=1)
+    # First retry after about this long, doubling each time (capped at an hour).
+    retry_backoff_seconds: float = Field(2.0, gt=0)
+
+
+class LoggingConfig(_Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+    # One line per request (method, route, status, duration) at INFO.
+    access_log: bool = True
+
+
+class PollerConfig(_Model):
+    enabled: bool = True
+    interval_seconds: float = Field(30.0, gt=0)
+    jitter: float = Field(0.1, ge=0, le=1)
+    concurrency_per_provider: int = Field(8, ge=1)
+    # A create still pending after this long belongs to a process that died.
+    pending_grace_seconds: float = Field(120.0, ge=0)
+    webhook_interval_seconds: float = Field(1.0, gt=0)
 
 
 class LimitsConfig(_Model):
@@ -138,6 +169,14 @@ Endpoint = Literal[ALL_ENDPOINTS]  # type: ignore[valid-type]
 
 class _ProviderBase(_Model):
     endpoints: tuple[Endpoint, ...] | None = None
+    connect_timeout_seconds: float = Field(10.0, gt=0)
+    read_timeout_seconds: float = Field(60.0, gt=0)
+    max_retries: int = Field(2, ge=0)
+    retry_backoff_seconds: float = Field(0.5, ge=0)
+    retry_max_backoff_seconds: float = Field(8.0, ge=0)
+    max_concurrency: int = Field(64, ge=1)
+    breaker_failures: int = Field(5, ge=1)
+    breaker_cooldown_seconds: float = Field(30.0, ge=0)
     # Set by the loader, not by users: why a provider is out of routing.
     disabled_reason: str | None = Field(None, exclude=True)
 
@@ -151,34 +190,97 @@ class SandboxProviderConfig(_ProviderBase):
     cancel_seconds: float = Field(1.0, ge=0)
 
 
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return value.rstrip("/")
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
 class OpenAIProviderConfig(_ProviderBase):
     type: Literal["openai"]
-    base_url: str
+    base_url: HttpUrl
     api_key: SecretStr | None = None
-    timeout_seconds: float = Field(60.0, gt=0)
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
 
 
-ProviderConfig = Annotated[
-    SandboxProviderConfig | OpenAIProviderConfig, Field(discriminator="type")
-]
+class AnthropicProviderConfig(_ProviderBase):
+    """Anthropic Message Batches; runs `/v1/chat/completions` batches only."""
+
+    type: Literal["anthropic"]
+    endpoints: tuple[Literal["/v1/chat/completions"], ...] | None = ("/v1/chat/completions",)
+    base_url: HttpUrl = "https://api.anthropic.com"
+    api_key: SecretStr | None = None
+    anthropic_version: str = "2023-06-01"
+    # Anthropic requires max_tokens; used for lines that set neither max_tokens nor
+    # max_completion_tokens (without it such lines are rejected at create).
+    default_max_tokens: int | None = Field(None, ge=1)
+    dir: Path = Path("./data/anthropic")
+
+
+class EmulatedProviderConfig(_ProviderBase):
+    """A synchronous OpenAI-compatible server (vLLM, Ollama, ...) run as a batch by the
+    gateway itself. `base_url` includes the API prefix (`http://localhost:8000/v1`)."""
+
+    type: Literal["emulated"]
+    endpoints: tuple[Endpoint, ...] | None = (
+        "/v1/chat/completions",
+        "/v1/embeddings",
+        "/v1/completions",
+    )
+    base_url: HttpUrl
+    api_key: SecretStr | None = None
+    concurrency: int = Field(8, ge=1, le=256)  # the HTTP client pools 256 connections
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    max_retries: int = Field(5, ge=0)
+    retry_backoff_seconds: float = Field(1.0, ge=0)
+    completion_window_seconds: float = Field(86_400, gt=0)
+    # A synchronous model call can take minutes.
+    read_timeout_seconds: float = Field(600.0, gt=0)
+    dir: Path = Path("./data/emulated")
+
+
+AnyProviderConfig = (
+    SandboxProviderConfig | OpenAIProviderConfig | AnthropicProviderConfig | EmulatedProviderConfig
+)
+ProviderConfig = Annotated[AnyProviderConfig, Field(discriminator="type")]
+# Remote providers that cannot work without a key: a missing one disables them.
+_NEEDS_KEY = (OpenAIProviderConfig, AnthropicProviderConfig)
 
 
 class RouteMatch(_Model):
     endpoint: Endpoint | None = None
     model: str | None = None
     metadata: dict[str, str] | None = None
+    tenant: str | None = None
+    # The value of an X-Batch-Provider header (only where the caller's key allows it).
+    provider_header: str | None = None
+
+
+class Target(_Model):
+    provider: str
+    weight: float = Field(1.0, gt=0)
 
 
 class Route(_Model):
     match: RouteMatch = RouteMatch()
-    to: str
+    to: tuple[Target, ...]
+    fallback: tuple[str, ...] = ()
+    webhook: str | None = None
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _one_target(cls, value: Any) -> Any:
+        return [{"provider": value}] if isinstance(value, str) else value
+
+
+class RoutingConfig(_Model):
+    # Seed for weighted choice; set it to make routing reproducible (tests).
+    seed: int | None = None
+    # Show the chosen provider in the batch's metadata as `gateway_provider`.
+    expose_provider: bool = False
 
 
 class Config(_Model):
@@ -190,10 +292,15 @@ class Config(_Model):
     providers: dict[str, ProviderConfig]
     routes: tuple[Route, ...] = ()
     default: str
+    default_fallback: tuple[str, ...] = ()
+    routing: RoutingConfig = RoutingConfig()
+    poller: PollerConfig = PollerConfig()
+    logging: LoggingConfig = LoggingConfig()
+    webhooks: dict[str, WebhookConfig] = {}
     # Folder that relative paths were resolved against (the config file's own).
     base_dir: Path = Field(Path("."), exclude=True)
 
-    def enabled_providers(self) -> dict[str, SandboxProviderConfig | OpenAIProviderConfig]:
+    def enabled_providers(self) -> dict[str, AnyProviderConfig]:
         return {n: p for n, p in self.providers.items() if p.disabled_reason is None}
 
     def sqlite_path(self) -> Path | None:
@@ -262,20 +369,21 @@ def parse_config(raw: Any, base_dir: Path) -> Config:
     for name, provider in config.providers.items():
         reason = None
         unset = [var for p, var in missing if p.startswith(f"providers.{name}.")]
-        if isinstance(provider, OpenAIProviderConfig) and (
-            provider.api_key is None or not provider.api_key.get_secret_value()
-        ):
+        key = getattr(provider, "api_key", None)
+        if isinstance(provider, _NEEDS_KEY) and (key is None or not key.get_secret_value()):
             reason = f"api_key is not set ({', '.join(unset) or 'empty'})"
+        elif isinstance(provider, EmulatedProviderConfig) and (
+            key_vars := [var for p, var in missing if p == f"providers.{name}.api_key"]
+        ):
+            # The key is optional, but naming an unset variable is a mistake, not "no key";
+            # `${VAR:-}` says "no key" explicitly.
+            reason = f"api_key is not set ({', '.join(key_vars)})"
         updates: dict[str, Any] = {"disabled_reason": reason}
-        if isinstance(provider, SandboxProviderConfig):
-            updates["dir"] = _resolve(base_dir, provider.dir)
+        if "dir" in type(provider).model_fields:
+            updates["dir"] = _resolve(base_dir, provider.dir)  # type: ignore[union-attr]
         providers[name] = provider.model_copy(update=updates)
 
-    for i, route in enumerate(config.routes):
-        if route.to not in providers:
-            raise ConfigError(f"config is invalid:\n  routes.{i}.to: unknown provider {route.to!r}")
-    if config.default not in providers:
-        raise ConfigError(f"config is invalid:\n  default: unknown provider {config.default!r}")
+    _check_references(config, providers)
 
     store = config.store
     if store.url.startswith("sqlite:///"):
@@ -285,6 +393,30 @@ def parse_config(raw: Any, base_dir: Path) -> Config:
     if blobs.dir is not None:
         blobs = BlobsConfig(dir=_resolve(base_dir, blobs.dir))
     return config.model_copy(update={"providers": providers, "store": store, "blobs": blobs})
+
+
+def _check_references(config: Config, providers: dict[str, Any]) -> None:
+    """Every provider and webhook a rule names must exist."""
+    problems = []
+    for i, route in enumerate(config.routes):
+        for j, target in enumerate(route.to):
+            if target.provider not in providers:
+                problems.append(f"routes.{i}.to.{j}: unknown provider {target.provider!r}")
+        for j, name in enumerate(route.fallback):
+            if name not in providers:
+                problems.append(f"routes.{i}.fallback.{j}: unknown provider {name!r}")
+        if route.webhook is not None and route.webhook not in config.webhooks:
+            problems.append(f"routes.{i}.webhook: unknown webhook {route.webhook!r}")
+    if config.default not in providers:
+        problems.append(f"default: unknown provider {config.default!r}")
+    for j, name in enumerate(config.default_fallback):
+        if name not in providers:
+            problems.append(f"default_fallback.{j}: unknown provider {name!r}")
+    for i, key in enumerate(config.auth.keys):
+        if key.webhook is not None and key.webhook not in config.webhooks:
+            problems.append(f"auth.keys.{i}.webhook: unknown webhook {key.webhook!r}")
+    if problems:
+        raise ConfigError("config is invalid:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 def load_config(path: str | Path) -> Config:

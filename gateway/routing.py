@@ -1,61 +1,127 @@
-"""config.yaml rules -> the provider that runs a batch.
+"""config.yaml rules -> the ordered providers that may run a batch.
 
-Rules are tried in order; the first one that matches and names a usable
-provider (enabled, supports the endpoint) wins; `default` is the last resort.
+The first rule that matches and has a usable provider wins. Its weighted
+targets give the first choice (a seeded draw, so tests are reproducible); the
+rule's other targets and its `fallback:` list follow. A provider is usable when
+it is enabled, supports the endpoint and its circuit breaker lets calls through.
+`default` (with `default_fallback`) is the last resort.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import random
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import Protocol
 
-from gateway.config import Config, Route
-from gateway.errors import InvalidRequest
-from providers.base import Provider
+from gateway.config import Config, Route, Target
+from gateway.errors import InvalidRequest, UpstreamError
+
+PROVIDER_HEADER = "X-Batch-Provider"
+
+
+class Routable(Protocol):
+    def supports(self, endpoint: str) -> bool: ...
+
+    def available(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    endpoint: str
+    models: tuple[str, ...]
+    metadata: Mapping[str, str]
+    tenant: str
+    # The X-Batch-Provider header, already dropped when the caller may not use it.
+    provider_header: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    provider: str
+    providers: tuple[str, ...]  # first choice, then fallbacks in order
     rule: str  # "routes[0]" or "default", for logs and metrics
+    webhook: str | None = None
 
 
-def matches(
-    route: Route, endpoint: str, models: Iterable[str], metadata: Mapping[str, str]
-) -> bool:
+def matches(route: Route, request: RouteRequest) -> bool:
     m = route.match
-    if m.endpoint is not None and m.endpoint != endpoint:
+    if m.endpoint is not None and m.endpoint != request.endpoint:
         return False
     # A file that uses several models matches only a rule that accepts all of them.
-    if m.model is not None and not all(fnmatchcase(model, m.model) for model in models):
+    if m.model is not None and not all(fnmatchcase(x, m.model) for x in request.models):
         return False
-    return not m.metadata or all(metadata.get(k) == v for k, v in m.metadata.items())
+    if m.tenant is not None and m.tenant != request.tenant:
+        return False
+    if m.provider_header is not None and m.provider_header != request.provider_header:
+        return False
+    return not m.metadata or all(request.metadata.get(k) == v for k, v in m.metadata.items())
+
+
+def weighted_order(targets: Sequence[Target], rng: random.Random) -> list[str]:
+    """All targets, the first drawn by weight, the rest by descending weight."""
+    if not targets:
+        return []
+    first = rng.choices(targets, weights=[t.weight for t in targets])[0]
+    rest = sorted((t for t in targets if t is not first), key=lambda t: -t.weight)
+    return [first.provider, *(t.provider for t in rest)]
 
 
 class Router:
-    def __init__(self, config: Config, providers: Mapping[str, Provider]) -> None:
+    def __init__(self, config: Config, providers: Mapping[str, Routable]) -> None:
         self._config = config
         self._providers = providers
+        self._rng = random.Random(config.routing.seed)
 
     def usable(self, name: str, endpoint: str) -> bool:
         provider = self._providers.get(name)
         return provider is not None and provider.supports(endpoint)
 
-    def choose(
-        self, endpoint: str, models: Iterable[str], metadata: Mapping[str, str] | None
-    ) -> Decision:
-        models = tuple(models)
+    def _candidates(self, names: Iterable[str], endpoint: str) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for name in names:
+            if self.usable(name, endpoint):
+                seen.setdefault(name, None)
+        return tuple(seen)
+
+    def choose(self, request: RouteRequest) -> Decision:
+        endpoint = request.endpoint
+        header = request.provider_header
+        if header is not None and not any(r.match.provider_header for r in self._config.routes):
+            # With no rule about the header, an allowed header names the provider directly.
+            if not self.usable(header, endpoint):
+                raise InvalidRequest(
+                    f"{PROVIDER_HEADER} names no provider that accepts {endpoint}.",
+                    param=PROVIDER_HEADER,
+                    code="unknown_provider",
+                )
+            return self._decide((header,), "header", None)
         for i, route in enumerate(self._config.routes):
-            if matches(route, endpoint, models, metadata or {}) and self.usable(route.to, endpoint):
-                return Decision(route.to, f"routes[{i}]")
-        if self.usable(self._config.default, endpoint):
-            return Decision(self._config.default, "default")
+            if not matches(route, request):
+                continue
+            names = [*weighted_order(route.to, self._rng), *route.fallback]
+            if candidates := self._candidates(names, endpoint):
+                return self._decide(candidates, f"routes[{i}]", route.webhook)
+        names = [self._config.default, *self._config.default_fallback]
+        if candidates := self._candidates(names, endpoint):
+            return self._decide(candidates, "default", None)
         raise InvalidRequest(
             f"No configured provider accepts batches for endpoint {endpoint}.",
             param="endpoint",
             code="unsupported_endpoint",
         )
+
+    def _decide(self, candidates: tuple[str, ...], rule: str, webhook: str | None) -> Decision:
+        """Providers whose breaker is open are skipped until their cool-down ends."""
+        closed = tuple(n for n in candidates if self._providers[n].available())
+        if not closed:
+            err = UpstreamError(
+                "Every provider for this batch is failing; try again later.",
+                code="providers_unavailable",
+            )
+            err.status = 503
+            raise err
+        return Decision(closed, rule, webhook)
 
     def table(self) -> list[str]:
         """Human-readable routing table, without secrets, for `check-config`."""
@@ -65,12 +131,27 @@ class Router:
             parts = [
                 f"endpoint={m.endpoint}" if m.endpoint else "",
                 f"model={m.model}" if m.model else "",
+                f"tenant={m.tenant}" if m.tenant else "",
+                f"{PROVIDER_HEADER}={m.provider_header}" if m.provider_header else "",
                 f"metadata={dict(m.metadata)}" if m.metadata else "",
             ]
             cond = " ".join(p for p in parts if p) or "*"
-            lines.append(f"routes[{i}]  {cond}  ->  {route.to}{self._state(route.to)}")
-        lines.append(f"default  *  ->  {self._config.default}{self._state(self._config.default)}")
+            targets = ", ".join(
+                f"{t.provider}{self._state(t.provider)}"
+                + (f" (weight {t.weight:g})" if len(route.to) > 1 else "")
+                for t in route.to
+            )
+            line = f"routes[{i}]  {cond}  ->  {targets}"
+            if route.fallback:
+                line += "  fallback: " + ", ".join(f + self._state(f) for f in route.fallback)
+            lines.append(line)
+        line = f"default  *  ->  {self._config.default}{self._state(self._config.default)}"
+        if self._config.default_fallback:
+            line += "  fallback: " + ", ".join(
+                f + self._state(f) for f in self._config.default_fallback
+            )
+        lines.append(line)
         return lines
 
     def _state(self, name: str) -> str:
-        return "" if name in self._providers else "  (disabled)"
+        return "" if name in self._providers else " (disabled)"

@@ -9,19 +9,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
-from pathlib import Path
 from typing import Any
+
+import orjson
 
 from gateway import ids
 from gateway.blobs import Blobs
-from gateway.config import LimitsConfig
+from gateway.config import Config
 from gateway.errors import InvalidRequest, NotFound, PayloadTooLarge
 from gateway.jsonl import JSONLError, JSONLValidator, TooLarge
-from gateway.routing import Router
+from gateway.routing import Router, RouteRequest
 from gateway.store import BatchRecord, FileRecord, Page, Store
 from gateway.store.base import UnknownCursor
 from gateway.wire import CreateBatchBody, ExpiresAfter, new_batch_object
@@ -40,6 +42,34 @@ log = logging.getLogger("gateway.service")
 
 BATCH_FILE_TTL = 30 * 86_400  # OpenAI's default expiry for purpose=batch uploads
 _CANCEL_PENDING = frozenset({"validating", "in_progress", "finalizing"})
+
+
+INTERRUPTED = {
+    "code": "gateway_interrupted",
+    "message": "The gateway stopped while creating this batch, and the provider has no "
+    "record of it; create it again.",
+    "param": None,
+    "line": None,
+}
+
+
+class ServiceEvents:
+    """What the service reports as it works (metrics subclass this)."""
+
+    def routed(self, rule: str, provider: str) -> None:
+        return None
+
+    def created(self, provider: str, endpoint: str) -> None:
+        return None
+
+    def fallback(self, from_provider: str, to_provider: str, reason: str) -> None:
+        return None
+
+    def terminal(self, record: BatchRecord) -> None:
+        return None
+
+    def file_bytes(self, direction: str, size: int) -> None:
+        return None
 
 
 @dataclass(slots=True)
@@ -61,14 +91,24 @@ class GatewayService:
         blobs: Blobs,
         providers: Mapping[str, Provider],
         router: Router,
-        limits: LimitsConfig,
+        config: Config,
+        events: ServiceEvents | None = None,
     ) -> None:
         self.store = store
         self.blobs = blobs
+        self.events = events or ServiceEvents()
+        self._refreshing: dict[str, asyncio.Future[BatchView]] = {}
+        self.reconfigure(config, providers, router)
+
+    def reconfigure(
+        self, config: Config, providers: Mapping[str, Provider], router: Router
+    ) -> None:
+        """Swap in a reloaded config; calls already running keep the objects they hold."""
+        self.config = config
+        self.limits = config.limits
         self.providers = providers
         self.router = router
-        self.limits = limits
-        self._refreshing: dict[str, asyncio.Future[BatchView]] = {}
+        self._keys = {key.name: key for key in config.auth.keys}
 
     # files
 
@@ -129,6 +169,7 @@ class GatewayService:
         except BaseException:
             await self.blobs.delete(file_id)
             raise
+        self.events.file_bytes("upload", size)
         return record
 
     async def get_file(self, tenant: str, file_id: str) -> FileRecord:
@@ -153,11 +194,11 @@ class GatewayService:
         if record.blob:
             await self.blobs.delete(record.blob)
 
-    async def open_content(self, tenant: str, file_id: str) -> Path | ByteStream:
-        """A local file to send as is, or a byte stream (a remote blob or the provider's)."""
+    async def open_content(self, tenant: str, file_id: str) -> FileRecord | ByteStream:
+        """A record whose bytes are a blob of ours, or the provider's byte stream."""
         record = await self.get_file(tenant, file_id)
         if record.blob:
-            return self.blobs.local_path(record.blob) or self.blobs.open(record.blob)
+            return record
         provider = self.providers.get(record.provider or "")
         if provider is None or record.upstream_id is None:
             raise InvalidRequest(
@@ -168,7 +209,9 @@ class GatewayService:
 
     # batches
 
-    async def create_batch(self, tenant: str, body: CreateBatchBody) -> dict[str, Any]:
+    async def create_batch(
+        self, tenant: str, body: CreateBatchBody, *, provider_header: str | None = None
+    ) -> dict[str, Any]:
         file = await self.store.get_file(body.input_file_id, tenant)
         if file is None:
             raise _no_such("File", body.input_file_id, "input_file_id")
@@ -180,8 +223,17 @@ class GatewayService:
                 param="endpoint",
                 code="endpoint_mismatch",
             )
-        decision = self.router.choose(body.endpoint, file.models, body.metadata)
-        provider = self.providers[decision.provider]
+        key = self._keys.get(tenant)
+        may_pick = key.allow_provider_header if key else self.config.auth.allow_provider_header
+        decision = self.router.choose(
+            RouteRequest(
+                endpoint=body.endpoint,
+                models=file.models,
+                metadata=body.metadata or {},
+                tenant=tenant,
+                provider_header=provider_header if may_pick else None,
+            )
+        )
         now = int(time.time())
         model = file.models[0] if len(file.models) == 1 else None
         batch_id = ids.new_batch_id()
@@ -189,33 +241,93 @@ class GatewayService:
         record = BatchRecord(
             id=batch_id,
             tenant=tenant,
-            provider=provider.name,
+            provider=decision.providers[0],
             input_file_id=file.id,
             created_at=now,
             object=new_batch_object(batch_id, body, now, model, file.line_count or 0),
             output_ttl=expiry.seconds if expiry else None,
+            webhook=decision.webhook or (key.webhook if key else None),
+        )
+        request = BatchRequest(
+            input_file_id="",
+            endpoint=body.endpoint,
+            completion_window=body.completion_window,
+            metadata=body.metadata,
+            output_expires_after=expiry.model_dump() if expiry else None,
+            gateway_batch_id=batch_id,
         )
         # Written before the upstream call, so a crash in between leaves a visible pending row.
         await self.store.insert_batch(record)
         try:
-            upstream_file = await self._upstream_file(provider, file)
-            upstream = await provider.create_batch(
-                BatchRequest(
-                    input_file_id=upstream_file,
-                    endpoint=body.endpoint,
-                    completion_window=body.completion_window,
-                    metadata=body.metadata,
-                    output_expires_after=expiry.model_dump() if expiry else None,
-                )
-            )
+            upstream = await self._create_upstream(record, file, request, decision.providers)
         except BaseException:
             await self.store.delete_batch(record.id)
             raise
         record.upstream_id = upstream.id
         record.pending = False
+        if self.config.routing.expose_provider:
+            record.object["metadata"] = {
+                **(body.metadata or {}),
+                "gateway_provider": record.provider,
+            }
         await self._apply(record, upstream)
-        log.info("batch %s created on provider %s (%s)", record.id, provider.name, decision.rule)
+        self.events.routed(decision.rule, record.provider)
+        self.events.created(record.provider, body.endpoint)
+        log.info("batch %s created on provider %s (%s)", record.id, record.provider, decision.rule)
         return record.object
+
+    async def _create_upstream(
+        self,
+        record: BatchRecord,
+        file: FileRecord,
+        request: BatchRequest,
+        candidates: tuple[str, ...],
+    ) -> UpstreamBatch:
+        """Try each candidate in order; one upstream batch at most, never two."""
+        last: ProviderError | None = None
+        for i, name in enumerate(candidates):
+            provider = self.providers[name]
+            record.provider = name
+            try:
+                return await self._create_at(provider, file, request)
+            except ProviderError as exc:
+                if exc.kind == "bad_request":
+                    raise  # about the input itself: another provider would say the same
+                if exc.ambiguous and (found := await self._find(provider, record.id)):
+                    return found
+                last = exc
+                if i + 1 < len(candidates):
+                    self.events.fallback(name, candidates[i + 1], exc.kind)
+                    log.warning(
+                        "batch %s: create on %s failed (%s); trying %s",
+                        record.id,
+                        name,
+                        exc.kind,
+                        candidates[i + 1],
+                    )
+        assert last is not None
+        raise last
+
+    async def _create_at(
+        self, provider: Provider, file: FileRecord, request: BatchRequest
+    ) -> UpstreamBatch:
+        upstream_file = await self._upstream_file(provider, file)
+        try:
+            return await provider.create_batch(replace(request, input_file_id=upstream_file))
+        except ProviderError as exc:
+            if exc.kind != "not_found":
+                raise
+        # The provider no longer has our cached upload (expired or deleted): upload again.
+        await self.store.delete_upstream_file(file.id, provider.name)
+        upstream_file = await self._upstream_file(provider, file)
+        return await provider.create_batch(replace(request, input_file_id=upstream_file))
+
+    async def _find(self, provider: Provider, batch_id: str) -> UpstreamBatch | None:
+        try:
+            return await provider.find_batch(batch_id)
+        except ProviderError as exc:
+            log.warning("batch %s: lookup on %s failed (%s)", batch_id, provider.name, exc.kind)
+            return None
 
     async def retrieve_batch(self, tenant: str, batch_id: str) -> BatchView:
         record = await self._batch(tenant, batch_id)
@@ -284,31 +396,42 @@ class GatewayService:
         await self._apply(record, upstream)
         return BatchView(record.object)
 
-    async def reconcile_pending(self) -> int:
-        """Pending rows at startup are creates the previous process never finished."""
-        pending = await self.store.pending_batches()
-        for record in pending:
-            now = int(time.time())
+    async def reconcile_pending(self, grace_seconds: float) -> int:
+        """Pending rows older than the grace period are creates a dead process never finished.
+
+        Each is attached to the upstream batch tagged with its id, or marked failed;
+        none is left as a silent orphan. Returns how many rows were settled.
+        """
+        settled = 0
+        cutoff = time.time() - grace_seconds
+        for record in await self.store.pending_batches():
+            if record.created_at > cutoff:
+                continue
+            provider = self.providers.get(record.provider)
+            if provider is None:
+                continue
+            try:
+                found = await provider.find_batch(record.id)
+            except ProviderError as exc:
+                log.warning("batch %s: reconciliation postponed (%s)", record.id, exc.kind)
+                continue
             record.pending = False
+            settled += 1
+            if found is not None:
+                record.upstream_id = found.id
+                await self._apply(record, found)
+                log.warning(
+                    "batch %s: interrupted create attached to its upstream batch", record.id
+                )
+                continue
             record.object.update(
                 status="failed",
-                failed_at=now,
-                errors={
-                    "object": "list",
-                    "data": [
-                        {
-                            "code": "gateway_interrupted",
-                            "message": "The gateway stopped while creating this batch; "
-                            "create it again.",
-                            "param": None,
-                            "line": None,
-                        }
-                    ],
-                },
+                failed_at=int(time.time()),
+                errors={"object": "list", "data": [INTERRUPTED]},
             )
-            await self.store.update_batch(record)
+            await self.store.update_batch(record, event=self._event(record))
             log.warning("batch %s: create was interrupted by a restart; marked failed", record.id)
-        return len(pending)
+        return settled
 
     # internals
 
@@ -332,8 +455,8 @@ class GatewayService:
         assert file.blob is not None and file.endpoint is not None
         upstream_id = await provider.upload_file(
             InputFile(
-                open=partial(self.blobs.open, file.blob),
                 path=self.blobs.local_path(file.blob),
+                opener=partial(self.blobs.open, file.blob),
                 filename=file.filename,
                 bytes=file.bytes,
                 line_count=file.line_count or 0,
@@ -345,8 +468,25 @@ class GatewayService:
         return upstream_id
 
     async def _apply(self, record: BatchRecord, upstream: UpstreamBatch) -> None:
+        was_terminal = record.status in TERMINAL_STATUSES
         record.object = await self._normalize(record, upstream)
-        await self.store.update_batch(record)
+        ends = not was_terminal and record.status in TERMINAL_STATUSES
+        await self.store.update_batch(record, event=self._event(record) if ends else None)
+        if ends:
+            self.events.terminal(record)
+
+    def _event(self, record: BatchRecord) -> bytes | None:
+        """The webhook event for a batch that just ended (None without a webhook)."""
+        if record.webhook is None:
+            return None
+        event = {
+            "id": f"evt_{secrets.token_hex(12)}",
+            "object": "event",
+            "type": f"batch.{record.status}",
+            "created_at": int(time.time()),
+            "data": record.object,
+        }
+        return orjson.dumps(event)
 
     async def _normalize(self, record: BatchRecord, upstream: UpstreamBatch) -> dict[str, Any]:
         obj = dict(record.object)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -33,6 +33,9 @@ BATCH_STATUSES = (
     "cancelling",
     "cancelled",
 )
+# The metadata key under which the gateway tags upstream batches with its own id.
+GATEWAY_TAG = "gateway_batch_id"
+
 TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 
 # Every endpoint OpenAI's Batch API accepts; adapters narrow it per provider.
@@ -63,13 +66,24 @@ class ProviderError(Exception):
     """An upstream call failed; `message` is safe to show a client (no keys, no URLs)."""
 
     def __init__(
-        self, kind: ErrorKind, message: str, *, status: int | None = None, code: str | None = None
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+        ambiguous: bool = False,
     ) -> None:
         super().__init__(message)
         self.kind: ErrorKind = kind
         self.message = message
         self.status = status
         self.code = code
+        # Seconds the provider asked us to wait (Retry-After), if it said.
+        self.retry_after = retry_after
+        # The request may have been carried out upstream (timeout or reset after sending).
+        self.ambiguous = ambiguous
 
     @property
     def retryable(self) -> bool:
@@ -123,6 +137,15 @@ class BatchRequest:
     completion_window: str = "24h"
     metadata: dict[str, str] | None = None
     output_expires_after: dict[str, Any] | None = None
+    # The gateway's own id, for adapters that can tag the upstream batch with it.
+    gateway_batch_id: str | None = None
+
+    def tagged_metadata(self, max_pairs: int = 16) -> dict[str, str] | None:
+        """The caller's metadata plus the gateway tag, when the provider's limit leaves room."""
+        metadata = dict(self.metadata or {})
+        if self.gateway_batch_id and len(metadata) < max_pairs:
+            metadata[GATEWAY_TAG] = self.gateway_batch_id
+        return metadata or None
 
 
 ByteStream = AbstractAsyncContextManager[AsyncIterator[bytes]]
@@ -130,17 +153,42 @@ ByteStream = AbstractAsyncContextManager[AsyncIterator[bytes]]
 
 @dataclass(frozen=True, slots=True)
 class InputFile:
-    """A validated gateway input file, as handed to `Provider.upload_file`."""
+    """A validated gateway input file, as handed to `Provider.upload_file`.
 
+    Its bytes are a local file (`path`, which an adapter may hand on whole) or,
+    for blobs kept elsewhere (S3), only readable as a stream (`opener`).
+    `open()` reads either way.
+    """
+
+    path: Path | None
     filename: str
     bytes: int
     line_count: int
     endpoint: str
     models: tuple[str, ...]
-    # The bytes as a stream of chunks, wherever the blob lives (a local file, S3).
-    open: Callable[[], ByteStream]
-    # Set when the blob is a local file: an adapter may hand the file itself on.
-    path: Path | None = None
+    opener: Callable[[], ByteStream] | None = None
+
+    def __post_init__(self) -> None:
+        if self.path is None and self.opener is None:
+            raise ValueError("an InputFile needs a path or an opener")
+
+    def open(self) -> ByteStream:
+        """The bytes as chunks; each call reads from the start (so a retry can re-send)."""
+        if self.opener is not None:
+            return self.opener()
+        assert self.path is not None
+        return _file_chunks(self.path)
+
+
+@asynccontextmanager
+async def _file_chunks(path: Path) -> AsyncIterator[AsyncIterator[bytes]]:
+    with path.open("rb") as fh:
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while chunk := fh.read(256 * 1024):
+                yield chunk
+
+        yield chunks()
 
 
 @runtime_checkable
@@ -163,6 +211,14 @@ class Provider(Protocol):
     async def cancel_batch(self, upstream_id: str) -> UpstreamBatch: ...
 
     async def get_file(self, upstream_file_id: str) -> UpstreamFile: ...
+
+    async def find_batch(self, gateway_batch_id: str) -> UpstreamBatch | None:
+        """The upstream batch tagged with this gateway id, if the provider keeps metadata.
+
+        Used when a create's outcome is unknown (timeout, crash) so it is attached,
+        not duplicated.
+        """
+        ...
 
     def open_file_content(self, upstream_file_id: str) -> ByteStream:
         """Context manager yielding the file's bytes as chunks.
@@ -187,6 +243,9 @@ class BaseProvider:
 
     def supports(self, endpoint: str) -> bool:
         return endpoint in self.endpoints
+
+    async def find_batch(self, gateway_batch_id: str) -> UpstreamBatch | None:
+        return None
 
     async def close(self) -> None:
         return None

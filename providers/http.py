@@ -9,8 +9,11 @@ scrubbed out before anything leaves this module.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -33,12 +36,77 @@ def kind_for_status(status: int) -> ErrorKind:
     return "bad_request"
 
 
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from `retry-after-ms` / `Retry-After` (seconds or an HTTP date)."""
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def transport_error(exc: BaseException) -> ProviderError:
+    """A failure below HTTP. Only a failed connect proves the request never arrived."""
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return ProviderError("retryable", f"could not connect ({type(exc).__name__})")
+    if isinstance(exc, TimeoutError):
+        return ProviderError("retryable", "the request timed out", ambiguous=True)
+    message = f"connection failed ({type(exc).__name__})"
+    return ProviderError("retryable", message, ambiguous=True)
+
+
+@dataclass(frozen=True, slots=True)
+class RawResponse:
+    """An upstream answer of any status, for callers that act on non-2xx themselves."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@contextmanager
+def transport_errors() -> Iterator[None]:
+    """Connection failures and timeouts as retryable ProviderErrors (no URL in the text)."""
+    try:
+        yield
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise transport_error(exc) from None
+
+
+async def iter_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Non-blank JSONL lines from a chunked body (a line may span chunks)."""
+    pending = b""
+    async for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield line
+    if pending.strip():
+        yield pending
+
+
 def path_id(value: str) -> str:
     """An upstream id made safe for a URL path segment."""
     return quote(value, safe="")
 
 
 class HTTPProvider(BaseProvider):
+    # Which key of the error object names the error: OpenAI's envelope says `code`,
+    # Anthropic's `{"type": "error", "error": {"type", "message"}}` says `type`.
+    error_code_key = "code"
+
     def __init__(
         self,
         name: str,
@@ -47,14 +115,15 @@ class HTTPProvider(BaseProvider):
         base_url: str,
         headers: dict[str, str],
         secrets: tuple[str, ...],
-        timeout_seconds: float,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
     ) -> None:
         super().__init__(name, endpoints)
         self.base_url = base_url.rstrip("/")
         self._headers = headers
         self._secrets = tuple(s for s in (*secrets, self.base_url) if s)
         self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=10, sock_read=timeout_seconds
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
         self._session: aiohttp.ClientSession | None = None
 
@@ -78,57 +147,55 @@ class HTTPProvider(BaseProvider):
             text = text.replace(secret, "[redacted]")
         return _UPSTREAM_ID.sub("[upstream id]", text)[:1000]
 
-    async def request_json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        try:
+    async def request_raw(self, method: str, path: str, **kwargs: Any) -> RawResponse:
+        """One request; only transport failures raise (as retryable ProviderErrors)."""
+        with transport_errors():
             async with self.session.request(method, self.base_url + path, **kwargs) as resp:
-                body = await resp.read()
-                if resp.status >= 400:
-                    raise self.http_error(resp.status, body)
-        except aiohttp.ClientError as exc:
-            raise ProviderError("retryable", f"connection failed ({type(exc).__name__})") from None
-        except TimeoutError:
-            raise ProviderError("retryable", "the request timed out") from None
+                return RawResponse(resp.status, resp.headers.copy(), await resp.read())
+
+    async def request_json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        resp = await self.request_raw(method, path, **kwargs)
+        if resp.status >= 400:
+            raise self.http_error(resp.status, resp.body, resp.headers)
         try:
-            data = orjson.loads(body)
+            data = orjson.loads(resp.body)
         except orjson.JSONDecodeError:
-            raise ProviderError(
-                "retryable", "the provider sent a response that is not JSON"
-            ) from None
+            data = None
         if not isinstance(data, dict):
-            raise ProviderError("retryable", "the provider sent an unexpected response")
+            # The request was carried out, but what came back is unreadable.
+            raise ProviderError(
+                "retryable", "the provider sent an unreadable response", ambiguous=True
+            )
         return data
 
     @asynccontextmanager
     async def stream(self, path: str) -> AsyncIterator[AsyncIterator[bytes]]:
         """GET `path` and yield its body as chunks; errors surface on entry."""
-        try:
+        with transport_errors():
             async with self.session.get(self.base_url + path) as resp:
                 if resp.status >= 400:
-                    raise self.http_error(resp.status, await resp.read())
+                    raise self.http_error(resp.status, await resp.read(), resp.headers)
                 yield resp.content.iter_chunked(CHUNK)
-        except aiohttp.ClientError as exc:
-            raise ProviderError("retryable", f"connection failed ({type(exc).__name__})") from None
-        except TimeoutError:
-            raise ProviderError("retryable", "the request timed out") from None
 
-    def http_error(self, status: int, body: bytes) -> ProviderError:
+    def http_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> ProviderError:
         message, code = self.error_detail(body)
         return ProviderError(
             kind_for_status(status),
             self.scrub(message or f"HTTP {status}"),
             status=status,
             code=code,
+            retry_after=retry_after(headers),
         )
 
     def error_detail(self, body: bytes) -> tuple[str | None, str | None]:
-        """(message, code) from an error body; adapters override for other shapes."""
+        """(message, code) from an error body `{"error": {"message", <error_code_key>}}`."""
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
             return None, None
         error = data.get("error") if isinstance(data, dict) else None
         if isinstance(error, dict):
-            message, code = error.get("message"), error.get("code")
+            message, code = error.get("message"), error.get(self.error_code_key)
             return (
                 message if isinstance(message, str) else None,
                 code if isinstance(code, str) else None,

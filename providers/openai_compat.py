@@ -15,6 +15,7 @@ import aiohttp
 
 from providers.base import (
     BATCH_STATUSES,
+    GATEWAY_TAG,
     TIMESTAMP_FIELDS,
     BatchRequest,
     ByteStream,
@@ -25,6 +26,9 @@ from providers.base import (
     UpstreamFile,
 )
 from providers.http import HTTPProvider, path_id
+
+# How many pages of 100 `find_batch` reads before concluding the batch was never made.
+FIND_PAGES = 5
 
 # Unix seconds before 2001-09-09 are placeholders, not times (anyapi.ai's docs send 123).
 _MIN_TIMESTAMP = 1_000_000_000
@@ -155,7 +159,8 @@ class OpenAICompatProvider(HTTPProvider):
         *,
         base_url: str,
         api_key: str,
-        timeout_seconds: float = 60.0,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
     ) -> None:
         super().__init__(
             name,
@@ -163,7 +168,8 @@ class OpenAICompatProvider(HTTPProvider):
             base_url=base_url,
             headers={"Authorization": f"Bearer {api_key}"},
             secrets=(api_key,),
-            timeout_seconds=timeout_seconds,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
         )
 
     async def upload_file(self, file: InputFile) -> str:
@@ -186,8 +192,8 @@ class OpenAICompatProvider(HTTPProvider):
             "endpoint": request.endpoint,
             "completion_window": request.completion_window,
         }
-        if request.metadata:
-            body["metadata"] = request.metadata
+        if metadata := request.tagged_metadata():
+            body["metadata"] = metadata
         if request.output_expires_after:
             body["output_expires_after"] = request.output_expires_after
         return parse_batch(await self.request_json("POST", "/batches", json=body))
@@ -198,6 +204,26 @@ class OpenAICompatProvider(HTTPProvider):
     async def cancel_batch(self, upstream_id: str) -> UpstreamBatch:
         data = await self.request_json("POST", f"/batches/{path_id(upstream_id)}/cancel")
         return parse_batch({"id": upstream_id, **data})
+
+    async def find_batch(self, gateway_batch_id: str) -> UpstreamBatch | None:
+        """Look through the newest batches for our tag; a lost create is always recent."""
+        after: str | None = None
+        for _ in range(FIND_PAGES):
+            query = {"limit": "100", **({"after": after} if after else {})}
+            page = await self.request_json("GET", "/batches", params=query)
+            data = page.get("data")
+            if not isinstance(data, list) or not data:
+                return None
+            for item in data:
+                metadata = item.get("metadata") if isinstance(item, Mapping) else None
+                if isinstance(metadata, Mapping) and metadata.get(GATEWAY_TAG) == gateway_batch_id:
+                    return parse_batch(item)
+            if not page.get("has_more"):
+                return None
+            after = _str_id(data[-1].get("id")) if isinstance(data[-1], Mapping) else None
+            if after is None:
+                return None
+        return None
 
     async def get_file(self, upstream_file_id: str) -> UpstreamFile:
         return parse_file(await self.request_json("GET", f"/files/{path_id(upstream_file_id)}"))

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
-from gateway.config import OpenAIProviderConfig, SandboxProviderConfig
+from gateway.config import (
+    AnthropicProviderConfig,
+    AnyProviderConfig,
+    EmulatedProviderConfig,
+    OpenAIProviderConfig,
+    SandboxProviderConfig,
+)
+from providers.anthropic import AnthropicProvider
 from providers.base import ALL_ENDPOINTS, Provider
+from providers.emulated import EmulatedProvider, Limits
 from providers.openai_compat import OpenAICompatProvider
 from providers.sandbox import SandboxProvider
 
-ProviderConfig = SandboxProviderConfig | OpenAIProviderConfig
+
+def _key(config: OpenAIProviderConfig | AnthropicProviderConfig) -> str:
+    # The loader disables a provider whose key is missing, so an enabled one has it.
+    assert config.api_key is not None
+    return config.api_key.get_secret_value()
 
 
-def build_provider(name: str, config: ProviderConfig) -> Provider:
+def build_provider(name: str, config: AnyProviderConfig) -> Provider:
     endpoints = frozenset(config.endpoints or ALL_ENDPOINTS)
     if isinstance(config, SandboxProviderConfig):
         return SandboxProvider(
@@ -22,11 +34,41 @@ def build_provider(name: str, config: ProviderConfig) -> Provider:
             finalize_seconds=config.finalize_seconds,
             cancel_seconds=config.cancel_seconds,
         )
-    assert config.api_key is not None
+    if isinstance(config, AnthropicProviderConfig):
+        return AnthropicProvider(
+            name,
+            endpoints,
+            base_url=config.base_url,
+            api_key=_key(config),
+            anthropic_version=config.anthropic_version,
+            directory=config.dir,
+            default_max_tokens=config.default_max_tokens,
+            connect_timeout=config.connect_timeout_seconds,
+            read_timeout=config.read_timeout_seconds,
+        )
+    if isinstance(config, EmulatedProviderConfig):
+        return EmulatedProvider(
+            name,
+            endpoints,
+            base_url=config.base_url,
+            api_key=config.api_key.get_secret_value() if config.api_key else None,
+            directory=config.dir,
+            limits=Limits(
+                concurrency=config.concurrency,
+                requests_per_minute=config.requests_per_minute,
+                tokens_per_minute=config.tokens_per_minute,
+                max_retries=config.max_retries,
+                retry_backoff_seconds=config.retry_backoff_seconds,
+                completion_window_seconds=config.completion_window_seconds,
+            ),
+            connect_timeout=config.connect_timeout_seconds,
+            read_timeout=config.read_timeout_seconds,
+        )
     return OpenAICompatProvider(
         name,
         endpoints,
         base_url=config.base_url,
-        api_key=config.api_key.get_secret_value(),
-        timeout_seconds=config.timeout_seconds,
+        api_key=_key(config),
+        connect_timeout=config.connect_timeout_seconds,
+        read_timeout=config.read_timeout_seconds,
     )

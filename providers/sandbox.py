@@ -5,22 +5,19 @@ The gateway, its tests and the demo need an upstream that behaves like a real on
 without network or keys. All state is on disk and the status is derived from wall
 clock time, so a restart keeps working and no background task is needed.
 
-On disk: `<file id>.jsonl` + `<file id>.meta.json` per file, `<batch id>.json` per batch.
+On disk: `<file id>.jsonl` + `<file id>.meta.json` per file (`providers.localfiles`),
+`<batch id>.json` per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import hashlib
 import json
-import os
 import re
 import secrets
-import shutil
 import time
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,19 +26,23 @@ from providers.base import (
     TERMINAL_STATUSES,
     BaseProvider,
     BatchRequest,
-    InputFile,
     ProviderError,
     RequestCounts,
     UpstreamBatch,
-    UpstreamFile,
-    now,
+)
+from providers.localfiles import LocalFileMethods, LocalFiles, ResultSpool, input_lines, write_json
+from providers.results import (
+    CANCELLED,
+    batch_usage,
+    error_body,
+    error_line,
+    response_line,
+    stable_hex,
 )
 
 __all__ = ["SandboxProvider", "embedding_vector", "line_error", "result_body", "result_line"]
 
-CHUNK_SIZE = 64 * 1024
 EXPIRY_SECONDS = 86_400
-_FILE_ID = re.compile(r"file-sbx[0-9a-f]{24}")
 _BATCH_ID = re.compile(r"batch_sbx[0-9a-f]{24}")
 _REQUIRED = {  # what each endpoint refuses to run without
     "/v1/chat/completions": ("model", "messages"),
@@ -50,14 +51,7 @@ _REQUIRED = {  # what each endpoint refuses to run without
     "/v1/responses": ("model", "input"),
     "/v1/moderations": ("input",),
 }
-_CANCELLED_MESSAGE = "The batch was cancelled before this request ran."
-_CANCELLED = {"code": "batch_cancelled", "message": _CANCELLED_MESSAGE}
 Refusal = tuple[int, str, str | None, str | None]  # status, message, param, code
-
-
-def _hex(*parts: object) -> str:
-    """Stable pseudo-random hex, so the same batch line always gets the same ids."""
-    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:24]
 
 
 def _text(value: Any) -> str:
@@ -94,17 +88,6 @@ def _chat_usage(prompt: int, completion: int) -> dict[str, int]:
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-    }
-
-
-def _usage(inp: int, out: int) -> dict[str, Any]:
-    """The Responses / Batch `usage` shape."""
-    return {
-        "input_tokens": inp,
-        "input_tokens_details": {"cached_tokens": 0},
-        "output_tokens": out,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": inp + out,
     }
 
 
@@ -169,7 +152,7 @@ def result_body(endpoint: str, body: dict[str, Any], *, seed: str, created: int)
         part = {"type": "output_text", "text": text, "annotations": []}
         item = {"type": "message", "id": f"msg_{seed}", "status": "completed", "role": "assistant"}
         prompt = _text(body["input"]) + " " + _text(body.get("instructions"))
-        usage = _usage(max(1, _words(prompt)), _words(text))
+        usage = batch_usage(max(1, _words(prompt)), _words(text))
         head = {"id": f"resp_{seed}", "object": "response", "created_at": created}
         output = [{**item, "content": [part]}]
         return {**head, "status": "completed", "model": model, "output": output, "usage": usage}
@@ -203,23 +186,21 @@ def result_line(
 ) -> tuple[dict[str, Any], bool]:
     """One input line as its output/error line (True: output file); run=False means cancelled."""
     obj = _parse(raw)
-    line: dict[str, Any] = {"id": f"batch_req_{_hex(batch_id, index, 'line')}"}
-    line["custom_id"] = obj.get("custom_id") if obj else None
+    line_id = f"batch_req_{stable_hex(batch_id, index, 'line')}"
+    custom_id = obj.get("custom_id") if obj else None
     if not run:
-        return {**line, "response": None, "error": _CANCELLED}, False
-    request_id = f"req_{_hex(batch_id, index, 'req')}"
+        return error_line(line_id, custom_id, CANCELLED), False
+    request_id = f"req_{stable_hex(batch_id, index, 'req')}"
     refusal = _refusal(obj, endpoint)
     if refusal is None:
         assert obj is not None  # _refusal refuses anything but an object
         body = result_body(
-            endpoint, obj["body"], seed=_hex(batch_id, index, "body"), created=created
+            endpoint, obj["body"], seed=stable_hex(batch_id, index, "body"), created=created
         )
-        response = {"status_code": 200, "request_id": request_id, "body": body}
-        return {**line, "response": response, "error": None}, True
+        return response_line(line_id, custom_id, 200, request_id, body), True
     status, message, param, code = refusal
-    error = {"message": message, "type": "invalid_request_error", "param": param, "code": code}
-    response = {"status_code": status, "request_id": request_id, "body": {"error": error}}
-    return {**line, "response": response, "error": None}, False
+    body = error_body(message, "invalid_request_error", param, code)
+    return response_line(line_id, custom_id, status, request_id, body), False
 
 
 def timeline(state: dict[str, Any], t: float) -> tuple[str, dict[str, int | None], int]:
@@ -247,16 +228,10 @@ def timeline(state: dict[str, Any], t: float) -> tuple[str, dict[str, int | None
     return ("validating" if t < start else "in_progress" if t < run_end else "finalizing"), ts, done
 
 
-def _lines(path: Path) -> Iterator[bytes]:
-    """Non-blank lines, split on \\n only (as JSONL is defined)."""
-    with path.open("rb") as fh:
-        yield from (raw for raw in fh if raw.strip())
-
-
 def _scan(path: Path, endpoint: str) -> tuple[int, str | None, list[int]]:
     """Line count, first line's model and the indices that will fail, fixed at creation."""
     count, model, failed = 0, None, []
-    for index, raw in enumerate(_lines(path)):
+    for index, (_, raw) in enumerate(input_lines(path)):
         obj = _parse(raw)
         body = obj.get("body") if obj else None
         if index == 0 and isinstance(body, dict) and isinstance(body.get("model"), str):
@@ -267,15 +242,7 @@ def _scan(path: Path, endpoint: str) -> tuple[int, str | None, list[int]]:
     return count, model, failed
 
 
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
-
-
-def _not_found(what: str) -> ProviderError:
-    return ProviderError("not_found", f"No such {what} in the sandbox.")
-
-
-class SandboxProvider(BaseProvider):
+class SandboxProvider(LocalFileMethods, BaseProvider):
     """Simulated OpenAI batches. Timing settings are copied into each batch at creation,
     so restarting with other settings does not rewrite a running batch's history."""
 
@@ -292,78 +259,28 @@ class SandboxProvider(BaseProvider):
     ) -> None:
         super().__init__(name, endpoints)
         self.directory = Path(directory)
+        self.files = LocalFiles(self.directory, "file-sbx", "the sandbox")
         self.timing = {"validate_seconds": validate_seconds, "line_seconds": line_seconds}
         self.timing |= {"finalize_seconds": finalize_seconds, "cancel_seconds": cancel_seconds}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    def _write_json(self, path: Path, data: dict[str, Any]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
-        tmp.write_bytes(_dumps(data))
-        os.replace(tmp, path)
-
-    def _read_json(self, path: Path, what: str) -> dict[str, Any]:
-        try:
-            data: dict[str, Any] = json.loads(path.read_bytes())
-        except FileNotFoundError:
-            raise _not_found(what) from None
-        return data
-
-    def _data_path(self, file_id: str) -> Path:
-        """Ids come from outside: only well-formed ones may become paths."""
-        if not _FILE_ID.fullmatch(file_id):
-            raise _not_found("file")
-        return self.directory / f"{file_id}.jsonl"
-
     def _batch_path(self, batch_id: str) -> Path:
         if not _BATCH_ID.fullmatch(batch_id):
-            raise _not_found("batch")
+            raise self.files.not_found("batch")
         return self.directory / f"{batch_id}.json"
-
-    def _write_meta(self, file_id: str, filename: str) -> None:
-        """The sidecar is written last, so its presence means the file is complete."""
-        path = self._data_path(file_id)
-        size = path.stat().st_size
-        meta = {"id": file_id, "filename": filename, "bytes": size, "created_at": now()}
-        self._write_json(path.with_suffix(".meta.json"), meta)
-
-    def _publish(self, tmp: Path, filename: str, count: int) -> str | None:
-        if count == 0:
-            tmp.unlink()
-            return None
-        file_id = f"file-sbx{secrets.token_hex(12)}"
-        os.replace(tmp, self._data_path(file_id))
-        self._write_meta(file_id, filename)
-        return file_id
 
     def _generate(self, state: dict[str, Any], done: int) -> dict[str, Any]:
         """Write output/error files: the first `done` lines ran, the rest were cancelled."""
         batch_id, endpoint = state["id"], state["endpoint"]
         created = int(state["created"] + state["validate_seconds"])
-        tmp_out, tmp_err = (
-            self.directory / f"{batch_id}.{kind}.tmp" for kind in ("output", "error")
-        )
-        ok_count = fail_count = tokens_in = tokens_out = 0
-        with tmp_out.open("wb") as out, tmp_err.open("wb") as err:
-            for index, raw in enumerate(_lines(self._data_path(state["input_file_id"]))):
-                line, ok = result_line(
+        spool = ResultSpool(self.files, batch_id)
+        with spool.writing():
+            for index, (_, raw) in enumerate(input_lines(self.files.path(state["input_file_id"]))):
+                line, _ = result_line(
                     batch_id, index, endpoint, raw, created=created, run=index < done
                 )
-                (out if ok else err).write(_dumps(line))
-                if not ok:
-                    fail_count += 1
-                    continue
-                ok_count += 1
-                usage = line["response"]["body"].get("usage") or {}
-                tokens_in += usage.get("prompt_tokens", usage.get("input_tokens", 0))
-                tokens_out += usage.get("completion_tokens", usage.get("output_tokens", 0))
-        return {
-            "output_file_id": self._publish(tmp_out, f"{batch_id}_output.jsonl", ok_count),
-            "error_file_id": self._publish(tmp_err, f"{batch_id}_error.jsonl", fail_count),
-            "completed": ok_count,
-            "failed": fail_count,
-            "usage": _usage(tokens_in, tokens_out),
-        }
+                spool.add(line)
+        return spool.publish()
 
     def _view(
         self, state: dict[str, Any], status: str, ts: dict[str, int | None], done: int
@@ -385,75 +302,49 @@ class SandboxProvider(BaseProvider):
             timestamps=ts,
         )
 
-    async def upload_file(self, file: InputFile) -> str:
-        file_id = f"file-sbx{secrets.token_hex(12)}"
-
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if file.path is not None:
-            await asyncio.to_thread(shutil.copyfile, file.path, self._data_path(file_id))
-        else:
-            async with file.open() as chunks:
-                with open(self._data_path(file_id), "wb") as out:
-                    async for chunk in chunks:
-                        out.write(chunk)
-        self._write_meta(file_id, file.filename)
-        return file_id
-
     async def create_batch(self, request: BatchRequest) -> UpstreamBatch:
         if not self.supports(request.endpoint):
             message = f"The sandbox does not support endpoint '{request.endpoint}'."
             raise ProviderError("bad_request", message)
         await self.get_file(request.input_file_id)
-        path = self._data_path(request.input_file_id)
+        path = self.files.path(request.input_file_id)
         count, model, failed = await asyncio.to_thread(_scan, path, request.endpoint)
         created = time.time()
         state: dict[str, Any] = {"id": f"batch_sbx{secrets.token_hex(12)}", **asdict(request)}
         state |= {"created": created, "created_at": int(created), "line_count": count}
         state |= {"model": model, "failed_lines": failed, "cancelling_at": None, "result": None}
         state |= self.timing
-        self._write_json(self._batch_path(state["id"]), state)
+        write_json(self._batch_path(state["id"]), state)
         # With zero delays the clock already says "completed"; a new batch still answers validating.
         return self._view(state, "validating", {"expires_at": int(created) + EXPIRY_SECONDS}, 0)
 
     async def get_batch(self, upstream_id: str) -> UpstreamBatch:
         path = self._batch_path(upstream_id)
         async with self._locks.setdefault(upstream_id, asyncio.Lock()):
-            state = self._read_json(path, "batch")
+            state = self.files.read_state(path, "batch")
             status, ts, done = timeline(state, time.time())
             if status in ("completed", "cancelled") and state.get("result") is None:
                 state["result"] = await asyncio.to_thread(self._generate, state, done)
-                self._write_json(path, state)
+                write_json(path, state)
             return self._view(state, status, ts, done)
 
     async def cancel_batch(self, upstream_id: str) -> UpstreamBatch:
         path = self._batch_path(upstream_id)
         async with self._locks.setdefault(upstream_id, asyncio.Lock()):
-            state = self._read_json(path, "batch")
+            state = self.files.read_state(path, "batch")
             t = time.time()
             status, ts, done = timeline(state, t)
             if status in TERMINAL_STATUSES:
                 raise ProviderError("bad_request", f"Cannot cancel a batch with status '{status}'.")
             if state["cancelling_at"] is None:
                 state["cancelling_at"] = t
-                self._write_json(path, state)
+                write_json(path, state)
                 status, ts, done = timeline(state, t)
             ts.pop("cancelled_at", None)  # even with cancel_seconds=0 the call answers "cancelling"
             return self._view(state, "cancelling", ts, done)
 
-    async def get_file(self, upstream_file_id: str) -> UpstreamFile:
-        path = self._data_path(upstream_file_id).with_suffix(".meta.json")
-        return UpstreamFile(**self._read_json(path, "file"))
-
-    @contextlib.asynccontextmanager
-    async def open_file_content(self, upstream_file_id: str) -> AsyncIterator[AsyncIterator[bytes]]:
-        await self.get_file(upstream_file_id)  # the sidecar exists only once the data is complete
-        fh = self._data_path(upstream_file_id).open("rb")
-
-        async def chunks() -> AsyncIterator[bytes]:
-            while chunk := fh.read(CHUNK_SIZE):
-                yield chunk
-
-        try:
-            yield chunks()
-        finally:
-            fh.close()
+    async def find_batch(self, gateway_batch_id: str) -> UpstreamBatch | None:
+        for path in sorted(self.directory.glob("batch_sbx*.json")):
+            if self.files.read_state(path, "batch").get("gateway_batch_id") == gateway_batch_id:
+                return await self.get_batch(path.stem)
+        return None

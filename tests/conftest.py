@@ -67,9 +67,11 @@ async def start_gateway(
 ) -> AsyncIterator[StartGateway]:
     opened: list[Gateway] = []
 
-    async def start(config: Config | None = None, *, api_key: str = "test-key") -> Gateway:
+    async def start(
+        config: Config | None = None, *, api_key: str = "test-key", config_path: Path | None = None
+    ) -> Gateway:
         config = config or make_config(tmp_path)
-        app = create_app(config)
+        app = create_app(config, config_path=config_path)
         bodies: list[bytes] = []
         app.middlewares.insert(0, _recorder(bodies))
         server = await aiohttp_server(app)

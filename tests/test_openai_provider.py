@@ -35,6 +35,7 @@ async def start_remote(
             "api_key": gateway_key,
         }
         provider["endpoints"] = sorted(ANYAPI_ENDPOINTS)
+        provider["retry_backoff_seconds"] = 0
         config = make_config(tmp_path, providers={"anyapi": provider}, default="anyapi")
         gw = await start_gateway(config)
         return gw, upstream.app[UPSTREAM], upstream
@@ -146,11 +147,15 @@ async def test_upstream_rejecting_create_leaves_no_batch(
     assert [b async for b in gw.client.batches.list()] == []
 
     state.endpoints = ANYAPI_ENDPOINTS
-    state.fail_next = [503]
+    state.fail_next = [503, 503, 503]  # more than the two retries
     with pytest.raises(openai.InternalServerError) as err:
         await create(gw, file_id)
     assert err.value.status_code == 503
     assert [b async for b in gw.client.batches.list()] == []
+
+    state.fail_next = [503, 429]  # within the retries: the client never notices
+    batch = await create(gw, file_id)
+    assert [b.id async for b in gw.client.batches.list()] == [batch.id]
 
 
 async def test_retrieve_while_the_provider_is_down_serves_stored_state(
@@ -158,7 +163,7 @@ async def test_retrieve_while_the_provider_is_down_serves_stored_state(
 ) -> None:
     gw, state, upstream = await start_remote()
     batch = await create(gw, await upload(gw))
-    state.fail_next = [500]
+    state.fail_next = [500, 500, 500]
     async with gw.http.get(gw.url(f"/v1/batches/{batch.id}")) as resp:
         assert resp.status == 200
         assert resp.headers["X-Gateway-Stale"] == "true"

@@ -2,13 +2,11 @@ from __future__ import annotations
 
 import json
 import types
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.blobs import LocalBlobs
 from providers import sandbox
 from providers.base import BatchRequest, InputFile, ProviderError
 from providers.sandbox import (
@@ -44,16 +42,7 @@ async def submit(provider: SandboxProvider, tmp_path: Path, lines: list[dict[str
     src = tmp_path / "input.jsonl"
     src.write_text("".join(json.dumps(line) + "\n" for line in lines))
     models = tuple(dict.fromkeys(line["body"].get("model", "") for line in lines))
-    blobs = LocalBlobs(tmp_path)
-    upload = InputFile(
-        "input.jsonl",
-        src.stat().st_size,
-        len(lines),
-        CHAT,
-        models,
-        open=partial(blobs.open, src.name),
-        path=blobs.local_path(src.name),
-    )
+    upload = InputFile(src, "input.jsonl", src.stat().st_size, len(lines), CHAT, models)
     file_id = await provider.upload_file(upload)
     batch = await provider.create_batch(BatchRequest(input_file_id=file_id, endpoint=CHAT))
     assert batch.status == "validating"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,62 @@ async def test_pending_and_active_batches(store: Store) -> None:
     assert [b.id for b in await store.active_batches()] == ["batch_0002", "batch_0004"]
 
 
+async def test_delete_upstream_file_forgets_one_provider_copy(store: Store) -> None:
+    await store.put_upstream_file("file-0001", "p", "up-1")
+    await store.put_upstream_file("file-0001", "q", "up-2")
+    await store.delete_upstream_file("file-0001", "p")
+    assert await store.get_upstream_file("file-0001", "p") is None
+    assert await store.get_upstream_file("file-0001", "q") == "up-2"
+
+
+async def test_active_batches_by_provider_and_counts(store: Store) -> None:
+    await store.insert_batch(batch_record(1, status="in_progress"))
+    other = batch_record(2, status="in_progress")
+    other.provider = "remote"
+    await store.insert_batch(other)
+    await store.insert_batch(batch_record(3, status="completed"))
+    await store.insert_batch(batch_record(4, status="validating", pending=True))
+    assert [b.id for b in await store.active_batches("remote")] == ["batch_0002"]
+    assert [b.id for b in await store.active_batches("sandbox")] == ["batch_0001"]
+    assert sorted(await store.count_batches()) == [
+        ("remote", "in_progress", 1),
+        ("sandbox", "completed", 1),
+        ("sandbox", "in_progress", 1),
+    ]
+
+
+async def test_a_webhook_event_is_queued_with_the_update(store: Store) -> None:
+    record = batch_record(1)
+    record.webhook = "ops"
+    await store.insert_batch(record)
+    record.object = {**record.object, "status": "completed"}
+    record.provider = "fallback"
+    await store.update_batch(record, event=b'{"type": "batch.completed"}')
+    stored = await store.get_batch(record.id)
+    assert stored is not None and (stored.status, stored.provider) == ("completed", "fallback")
+
+    [due] = await store.due_deliveries(now=time.time() + 1, limit=10)
+    assert (due.batch_id, due.webhook, due.event, due.attempts) == (
+        record.id,
+        "ops",
+        b'{"type": "batch.completed"}',
+        0,
+    )
+    assert await store.due_deliveries(now=0, limit=10) == []
+    await store.finish_delivery(due.id, delivered=False, next_attempt_at=5e9, error="HTTP 500")
+    assert await store.due_deliveries(now=time.time() + 1, limit=10) == []
+    [retry] = await store.due_deliveries(now=5e9, limit=10)
+    assert retry.attempts == 1
+    await store.finish_delivery(retry.id, delivered=True, next_attempt_at=None, error=None)
+    assert await store.due_deliveries(now=1e10, limit=10) == []
+
+    # Without a webhook on the batch, an event queues nothing.
+    plain = batch_record(2)
+    await store.insert_batch(plain)
+    await store.update_batch(plain, event=b"{}")
+    assert await store.due_deliveries(now=1e10, limit=10) == []
+
+
 # leases
 
 
@@ -335,6 +392,38 @@ async def test_a_version_1_database_upgrades_in_place(store_url: str) -> None:
     old = await open_sql(store_url, schema_upto=1)
     try:
         assert await old.schema_version() == 1
+        # A row as the first release wrote it (no webhook, lease or poll columns yet).
+        async with old._conn() as db:
+            await db.execute(
+                "INSERT INTO batches (id, tenant, provider, upstream_id, input_file_id, status,"
+                " pending, output_ttl, created_at, object) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "batch_old",
+                "a",
+                "sandbox",
+                "up-1",
+                "file-0001",
+                "in_progress",
+                False,
+                None,
+                1,
+                '{"status": "in_progress"}',
+            )
+    finally:
+        await old.close()
+
+    upgraded = await open_sql(store_url)
+    try:
+        assert await upgraded.schema_version() == LATEST
+        [claimed] = await upgraded.claim_active_batches("w", 5, 30, now=0)
+        assert (claimed.id, claimed.status, claimed.pending) == ("batch_old", "in_progress", False)
+        assert claimed.webhook is None
+    finally:
+        await upgraded.close()
+
+
+async def test_the_version_before_leases_upgrades_in_place(store_url: str) -> None:
+    old = await open_sql(store_url, schema_upto=LATEST - 1)
+    try:
         await old.insert_file(file_record(1))
         await old.insert_batch(batch_record(1))
         with pytest.raises((sqlite3.OperationalError, asyncpg.PostgresError), match="lease|next"):
@@ -346,8 +435,7 @@ async def test_a_version_1_database_upgrades_in_place(store_url: str) -> None:
     try:
         assert await upgraded.schema_version() == LATEST
         assert await upgraded.get_file("file-0001") == file_record(1)
-        claimed = await upgraded.claim_active_batches("w", 5, 30, now=0)
-        assert claimed == [batch_record(1)]
+        assert await upgraded.claim_active_batches("w", 5, 30, now=0) == [batch_record(1)]
     finally:
         await upgraded.close()
 

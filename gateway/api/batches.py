@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from gateway.api import cursor_param, int_param, json_response, service
 from gateway.auth import tenant_of
 from gateway.errors import InvalidRequest, UnsupportedMedia
+from gateway.routing import PROVIDER_HEADER
 from gateway.wire import CreateBatchBody, list_object
 
 STALE_HEADER = "X-Gateway-Stale"
@@ -38,12 +39,15 @@ async def create(request: web.Request) -> web.Response:
         body = CreateBatchBody.model_validate(data)
     except ValidationError as exc:
         raise _validation_error(exc) from None
-    return json_response(await service(request).create_batch(tenant_of(request), body))
+    created = await service(request).create_batch(
+        tenant_of(request), body, provider_header=request.headers.get(PROVIDER_HEADER)
+    )
+    return json_response(created)
 
 
 async def retrieve(request: web.Request) -> web.Response:
     view = await service(request).retrieve_batch(tenant_of(request), request.match_info["batch_id"])
-    headers = {STALE_HEADER: "true"} if view.stale else None
+    headers = {STALE_HEADER: "true", "Warning": '110 - "Response is Stale"'} if view.stale else None
     return json_response(view.object, headers=headers)
 
 

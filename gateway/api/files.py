@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from aiohttp import BodyPartReader, web
 from pydantic import ValidationError
@@ -128,15 +127,26 @@ async def delete(request: web.Request) -> web.Response:
 
 
 async def content(request: web.Request) -> web.StreamResponse:
-    source = await service(request).open_content(tenant_of(request), request.match_info["file_id"])
-    if isinstance(source, Path):
-        return web.FileResponse(source, headers={"Content-Type": "application/octet-stream"})
-    async with source as chunks:
-        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        await response.prepare(request)
-        async for chunk in chunks:
-            await response.write(chunk)
-        await response.write_eof()
+    svc = service(request)
+    source = await svc.open_content(tenant_of(request), request.match_info["file_id"])
+    if isinstance(source, FileRecord):
+        assert source.blob is not None
+        path = svc.blobs.local_path(source.blob)
+        if path is not None:  # the OS sends it (sendfile)
+            svc.events.file_bytes("download", source.bytes)
+            return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+        source = svc.blobs.open(source.blob)  # a remote blob streams through, like a provider's
+    sent = 0
+    try:
+        async with source as chunks:
+            response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+            await response.prepare(request)
+            async for chunk in chunks:
+                await response.write(chunk)
+                sent += len(chunk)
+            await response.write_eof()
+    finally:
+        svc.events.file_bytes("download", sent)
     return response
 
 

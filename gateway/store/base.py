@@ -39,12 +39,23 @@ class BatchRecord:
     object: dict[str, Any]
     upstream_id: str | None = None
     output_ttl: int | None = None
+    # Name of the webhook (config `webhooks:`) told when the batch ends.
+    webhook: str | None = None
     # True between the row write and the upstream create completing.
     pending: bool = True
 
     @property
     def status(self) -> str:
         return str(self.object["status"])
+
+
+@dataclass(slots=True)
+class WebhookDelivery:
+    id: int
+    batch_id: str
+    webhook: str
+    event: bytes
+    attempts: int
 
 
 @dataclass(slots=True)
@@ -74,9 +85,13 @@ class Store(Protocol):
 
     async def put_upstream_file(self, file_id: str, provider: str, upstream_id: str) -> None: ...
 
+    async def delete_upstream_file(self, file_id: str, provider: str) -> None: ...
+
     async def insert_batch(self, record: BatchRecord) -> None: ...
 
-    async def update_batch(self, record: BatchRecord) -> None: ...
+    async def update_batch(self, record: BatchRecord, *, event: bytes | None = None) -> None:
+        """Persist the batch; with `event`, queue its webhook in the same transaction."""
+        ...
 
     async def delete_batch(self, batch_id: str) -> None: ...
 
@@ -88,7 +103,19 @@ class Store(Protocol):
 
     async def pending_batches(self) -> list[BatchRecord]: ...
 
-    async def active_batches(self) -> list[BatchRecord]: ...
+    async def active_batches(self, provider: str | None = None) -> list[BatchRecord]: ...
+
+    async def count_batches(self) -> list[tuple[str, str, int]]:
+        """(provider, status, count) over every batch, for the dashboard's gauges."""
+        ...
+
+    async def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]: ...
+
+    async def finish_delivery(
+        self, delivery_id: int, *, delivered: bool, next_attempt_at: float | None, error: str | None
+    ) -> None:
+        """Mark delivered, or reschedule (next_attempt_at), or give up (None)."""
+        ...
 
     async def claim_active_batches(
         self, owner: str, limit: int, lease_seconds: float, now: float

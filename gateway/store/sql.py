@@ -10,6 +10,7 @@ PostgreSQL jsonb), so the row conversion below serves both.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar
@@ -17,7 +18,7 @@ from typing import Any, ClassVar
 import orjson
 
 from gateway.store import migrate
-from gateway.store.base import BatchRecord, FileRecord, Page, UnknownCursor
+from gateway.store.base import BatchRecord, FileRecord, Page, UnknownCursor, WebhookDelivery
 from gateway.store.migrate import Executor, Row
 
 FILE_COLS = (
@@ -25,7 +26,8 @@ FILE_COLS = (
     " endpoint, models, blob, provider, upstream_id, batch_id"
 )
 BATCH_COLS = (
-    "id, tenant, provider, input_file_id, created_at, object, upstream_id, pending, output_ttl"
+    "id, tenant, provider, input_file_id, created_at, object, upstream_id, pending, output_ttl,"
+    " webhook"
 )
 # Matches the partial indexes' predicate, so the planner can use them.
 NOT_TERMINAL = "status NOT IN ('completed', 'failed', 'expired', 'cancelled')"
@@ -62,6 +64,7 @@ def batch_from_row(row: Row) -> BatchRecord:
         upstream_id=row[6],
         pending=bool(row[7]),
         output_ttl=row[8],
+        webhook=row[9],
     )
 
 
@@ -185,12 +188,18 @@ class SQLStore(ABC):
                 upstream_id,
             )
 
+    async def delete_upstream_file(self, file_id: str, provider: str) -> None:
+        async with self._conn() as db:
+            await db.execute(
+                "DELETE FROM upstream_files WHERE file_id = ? AND provider = ?", file_id, provider
+            )
+
     # batches
 
     async def insert_batch(self, record: BatchRecord) -> None:
         async with self._conn() as db:
             await db.execute(
-                f"INSERT INTO batches ({BATCH_COLS}, status) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO batches ({BATCH_COLS}, status) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 record.id,
                 record.tenant,
                 record.provider,
@@ -200,19 +209,37 @@ class SQLStore(ABC):
                 record.upstream_id,
                 record.pending,
                 record.output_ttl,
+                record.webhook,
                 record.status,
             )
 
-    async def update_batch(self, record: BatchRecord) -> None:
-        async with self._conn() as db:
+    async def update_batch(self, record: BatchRecord, *, event: bytes | None = None) -> None:
+        update = (
+            "UPDATE batches SET object = ?, upstream_id = ?, pending = ?, status = ?, provider = ?"
+            " WHERE id = ?"
+        )
+        args = (
+            _json(record.object),
+            record.upstream_id,
+            record.pending,
+            record.status,
+            record.provider,
+            record.id,
+        )
+        if event is None or record.webhook is None:
+            async with self._conn() as db:
+                await db.execute(update, *args)
+            return
+        # The webhook is queued with the state it reports, or not at all.
+        async with self._tx() as db:
+            await db.execute(update, *args)
             await db.execute(
-                "UPDATE batches SET object = ?, upstream_id = ?, pending = ?, status = ?"
-                " WHERE id = ?",
-                _json(record.object),
-                record.upstream_id,
-                record.pending,
-                record.status,
+                "INSERT INTO webhook_deliveries (batch_id, webhook, event, next_attempt_at)"
+                " VALUES (?, ?, ?, ?)",
                 record.id,
+                record.webhook,
+                event.decode(),
+                time.time(),
             )
 
     async def delete_batch(self, batch_id: str) -> None:
@@ -249,13 +276,50 @@ class SQLStore(ABC):
             rows = await db.fetch(f"SELECT {BATCH_COLS} FROM batches WHERE pending ORDER BY seq")
         return [batch_from_row(r) for r in rows]
 
-    async def active_batches(self) -> list[BatchRecord]:
+    async def active_batches(self, provider: str | None = None) -> list[BatchRecord]:
+        sql = f"SELECT {BATCH_COLS} FROM batches WHERE {NOT_TERMINAL} AND NOT pending"
+        args: tuple[Any, ...] = ()
+        if provider is not None:
+            sql += " AND provider = ?"
+            args = (provider,)
+        async with self._conn() as db:
+            rows = await db.fetch(sql + " ORDER BY seq", *args)
+        return [batch_from_row(r) for r in rows]
+
+    async def count_batches(self) -> list[tuple[str, str, int]]:
         async with self._conn() as db:
             rows = await db.fetch(
-                f"SELECT {BATCH_COLS} FROM batches WHERE {NOT_TERMINAL} AND NOT pending"
-                " ORDER BY seq"
+                "SELECT provider, status, count(*) FROM batches WHERE NOT pending"
+                " GROUP BY provider, status"
             )
-        return [batch_from_row(r) for r in rows]
+        return [(r[0], r[1], int(r[2])) for r in rows]
+
+    # webhook deliveries
+
+    async def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                "SELECT id, batch_id, webhook, event, attempts FROM webhook_deliveries"
+                " WHERE state = 'pending' AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at LIMIT ?",
+                float(now),
+                limit,
+            )
+        return [WebhookDelivery(r[0], r[1], r[2], r[3].encode(), r[4]) for r in rows]
+
+    async def finish_delivery(
+        self, delivery_id: int, *, delivered: bool, next_attempt_at: float | None, error: str | None
+    ) -> None:
+        state = "delivered" if delivered else "pending" if next_attempt_at is not None else "failed"
+        async with self._conn() as db:
+            await db.execute(
+                "UPDATE webhook_deliveries SET state = ?, attempts = attempts + 1,"
+                " next_attempt_at = coalesce(?, next_attempt_at), last_error = ? WHERE id = ?",
+                state,
+                None if next_attempt_at is None else float(next_attempt_at),
+                error,
+                delivery_id,
+            )
 
     # leases (several pollers sharing the active batches)
 

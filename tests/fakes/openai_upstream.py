@@ -14,6 +14,7 @@ Stored objects keep private keys prefixed with `_` (`files[id]["_content"]` hold
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -52,8 +53,16 @@ class FakeOpenAIState:
     requests: list[tuple[str, str]] = field(default_factory=list)
     cancel_style: Literal["full", "partial"] = "full"
     placeholders: bool = False
-    fail_next: list[int] = field(default_factory=list)
+    # Faults for the next matching requests, popped in order: an HTTP status, or
+    # "hang" (never answer), "reset" (drop the connection), "malformed" (200, not JSON),
+    # "reset_after" (carry the request out, then drop the connection).
+    fail_next: list[int | str] = field(default_factory=list)
+    # Only requests whose "METHOD /path" starts with this get the faults (None: all).
+    fail_on: str | None = None
     endpoints: frozenset[str] = FASTAPI_ENDPOINTS
+    latency: float = 0.0
+    in_flight: int = 0
+    peak_in_flight: int = 0
 
 
 UPSTREAM = web.AppKey("upstream", FakeOpenAIState)
@@ -93,13 +102,37 @@ async def _gate(request: web.Request, handler: Handler) -> web.StreamResponse:
     state.requests.append((request.method, request.path))
     if auth != f"Bearer {state.api_key}":
         return error_response(401, "Incorrect API key provided", code="invalid_api_key")
-    if state.fail_next:
-        status = state.fail_next.pop(0)
-        return error_response(status, f"Injected upstream failure ({status})")
+    fault: int | str | None = None
+    if state.fail_next and f"{request.method} {request.path}".startswith(state.fail_on or ""):
+        fault = state.fail_next.pop(0)
+    if isinstance(fault, int):
+        return error_response(fault, f"Injected upstream failure ({fault})")
+    if fault == "hang":
+        await asyncio.sleep(3600)
+    if fault == "malformed":
+        return web.Response(body=b'{"id": "batch_x", "stat', content_type="application/json")
+    if fault == "reset":
+        _drop(request)
+    state.in_flight += 1
+    state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
     try:
-        return await handler(request)
+        if state.latency:
+            await asyncio.sleep(state.latency)
+        response = await handler(request)
     except UpstreamError as exc:
-        return exc.response
+        response = exc.response
+    finally:
+        state.in_flight -= 1
+    if fault == "reset_after":
+        _drop(request)
+    return response
+
+
+def _drop(request: web.Request) -> None:
+    """Close the socket without an answer, as a crashed proxy or a network reset would."""
+    assert request.transport is not None
+    request.transport.abort()
+    raise asyncio.CancelledError
 
 
 def _public(obj: Json) -> Json:

@@ -1,0 +1,248 @@
+"""Every Prometheus collector of the gateway, named `gateway_*`, in one place.
+
+Label values are bounded: route templates (never raw paths), provider names
+from config, the fixed sets of operations, outcomes, statuses and endpoints.
+No ids and no user strings are ever labels.
+
+With several worker processes (`serve --workers N`) prometheus-client's
+multiprocess mode aggregates them: each worker writes its samples to
+`PROMETHEUS_MULTIPROC_DIR` and `/metrics` merges them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from contextvars import ContextVar
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from gateway import __version__
+from gateway.errors import Handler
+from gateway.logs import route_of
+from gateway.service import ServiceEvents
+from gateway.store.base import BatchRecord
+from providers.base import ALL_ENDPOINTS, BATCH_STATUSES, TERMINAL_STATUSES
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+COMPLETION_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 43200, 86400)
+OPERATIONS = ("upload", "create", "get", "cancel", "get_file", "find", "content")
+BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+ACTIVE_STATUSES = tuple(s for s in BATCH_STATUSES if s not in TERMINAL_STATUSES)
+
+HTTP_REQUESTS = Counter(
+    "gateway_http_requests_total", "HTTP requests answered", ["route", "method", "status"]
+)
+HTTP_DURATION = Histogram(
+    "gateway_http_request_duration_seconds",
+    "Time to answer an HTTP request",
+    ["route", "method"],
+    buckets=LATENCY_BUCKETS,
+)
+OVERHEAD = Histogram(
+    "gateway_request_overhead_seconds",
+    "Time a request spent in the gateway itself (total minus upstream waits)",
+    ["route"],
+    buckets=LATENCY_BUCKETS,
+)
+UPSTREAM_REQUESTS = Counter(
+    "gateway_upstream_requests_total",
+    "Calls to providers by outcome",
+    ["provider", "operation", "outcome"],
+)
+UPSTREAM_DURATION = Histogram(
+    "gateway_upstream_request_duration_seconds",
+    "Time of one call to a provider",
+    ["provider", "operation"],
+    buckets=LATENCY_BUCKETS,
+)
+UPSTREAM_RETRIES = Counter(
+    "gateway_upstream_retries_total", "Provider calls retried", ["provider", "operation"]
+)
+BREAKER = Gauge(
+    "gateway_circuit_breaker_state",
+    "Circuit breaker per provider: 0 closed, 1 half-open, 2 open",
+    ["provider"],
+    multiprocess_mode="max",
+)
+FALLBACKS = Counter(
+    "gateway_fallbacks_total",
+    "Creates moved to the next provider",
+    ["from_provider", "to_provider", "reason"],
+)
+BATCHES_CREATED = Counter(
+    "gateway_batches_created_total", "Batches created", ["provider", "endpoint"]
+)
+BATCHES = Gauge(
+    "gateway_batches",
+    "Batches in the store by provider and status",
+    ["provider", "status"],
+    multiprocess_mode="mostrecent",
+)
+BATCH_OLDEST = Gauge(
+    "gateway_batch_oldest_seconds",
+    "Age of the oldest batch in each active status (0 when none)",
+    ["provider", "status"],
+    multiprocess_mode="mostrecent",
+)
+BATCHES_TERMINAL = Counter(
+    "gateway_batches_terminal_total",
+    "Batches that reached a terminal status",
+    ["provider", "status"],
+)
+BATCH_COMPLETION = Histogram(
+    "gateway_batch_completion_seconds",
+    "Time from create to completed",
+    ["provider"],
+    buckets=COMPLETION_BUCKETS,
+)
+BATCH_REQUESTS = Counter(
+    "gateway_batch_requests_total",
+    "Requests inside batches that ended, by result",
+    ["provider", "result"],
+)
+FILE_BYTES = Counter("gateway_file_bytes_total", "File bytes through the gateway", ["direction"])
+ROUTING = Counter(
+    "gateway_routing_decisions_total",
+    "Routing decisions by rule and provider",
+    ["rule", "provider"],
+)
+BUILD_INFO = Gauge(
+    "gateway_build_info", "Version of the running gateway", ["version"], multiprocess_mode="max"
+)
+RELOADS = Counter("gateway_config_reloads_total", "Config reloads by result", ["result"])
+
+
+def initialize(providers: Iterable[str]) -> None:
+    """Create the label sets users alert on, so they read 0 rather than nothing."""
+    BUILD_INFO.labels(__version__).set(1)
+    for result in ("success", "failure"):
+        RELOADS.labels(result)
+    for direction in ("upload", "download"):
+        FILE_BYTES.labels(direction)
+    for provider in providers:
+        BREAKER.labels(provider).set(0)
+        for status in TERMINAL_STATUSES:
+            BATCHES_TERMINAL.labels(provider, status)
+        for result in ("completed", "failed"):
+            BATCH_REQUESTS.labels(provider, result)
+        for operation in OPERATIONS:
+            UPSTREAM_REQUESTS.labels(provider, operation, "ok")
+            UPSTREAM_RETRIES.labels(provider, operation)
+
+
+class UpstreamMetrics:
+    """The resilience layer's observer: upstream calls, retries and breaker state."""
+
+    def attempt(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
+        UPSTREAM_REQUESTS.labels(provider, operation, outcome).inc()
+        UPSTREAM_DURATION.labels(provider, operation).observe(seconds)
+        add_upstream_wait(seconds)
+
+    def retry(self, provider: str, operation: str) -> None:
+        UPSTREAM_RETRIES.labels(provider, operation).inc()
+
+    def breaker(self, provider: str, state: str) -> None:
+        BREAKER.labels(provider).set(BREAKER_VALUES[state])
+
+
+class BatchMetrics(ServiceEvents):
+    """The service's events: creates, routing, fallbacks, terminal transitions."""
+
+    def routed(self, rule: str, provider: str) -> None:
+        ROUTING.labels(rule, provider).inc()
+
+    def created(self, provider: str, endpoint: str) -> None:
+        if endpoint in ALL_ENDPOINTS:
+            BATCHES_CREATED.labels(provider, endpoint).inc()
+
+    def fallback(self, from_provider: str, to_provider: str, reason: str) -> None:
+        FALLBACKS.labels(from_provider, to_provider, reason).inc()
+
+    def terminal(self, record: BatchRecord) -> None:
+        status = record.status
+        BATCHES_TERMINAL.labels(record.provider, status).inc()
+        counts = record.object.get("request_counts") or {}
+        BATCH_REQUESTS.labels(record.provider, "completed").inc(counts.get("completed", 0))
+        BATCH_REQUESTS.labels(record.provider, "failed").inc(counts.get("failed", 0))
+        if status == "completed":
+            ended = record.object.get("completed_at") or int(time.time())
+            BATCH_COMPLETION.labels(record.provider).observe(max(0, ended - record.created_at))
+
+    def file_bytes(self, direction: str, size: int) -> None:
+        FILE_BYTES.labels(direction).inc(size)
+
+
+_seen_batch_labels: set[tuple[str, str]] = set()
+
+
+def set_batch_gauges(
+    counts: Iterable[tuple[str, str, int]], oldest: Iterable[tuple[str, str, float]]
+) -> None:
+    """Replace the store-derived gauges; label sets that vanished drop to 0."""
+    current = {(p, s): n for p, s, n in counts}
+    for key in _seen_batch_labels - current.keys():
+        BATCHES.labels(*key).set(0)
+    for (provider, status), n in current.items():
+        BATCHES.labels(provider, status).set(n)
+    _seen_batch_labels.update(current)
+    ages = {(p, s): age for p, s, age in oldest}
+    for provider in {p for p, _ in _seen_batch_labels}:
+        for status in ACTIVE_STATUSES:
+            BATCH_OLDEST.labels(provider, status).set(ages.get((provider, status), 0.0))
+
+
+# Upstream wait of the request being handled (a one-item list shared with child tasks).
+_upstream_wait: ContextVar[list[float] | None] = ContextVar("upstream_wait", default=None)
+
+
+def add_upstream_wait(seconds: float) -> None:
+    waited = _upstream_wait.get()
+    if waited is not None:
+        waited[0] += seconds
+
+
+@web.middleware
+async def http_metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count and time every request by its route template, never its raw path."""
+    waited = [0.0]
+    token = _upstream_wait.set(waited)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        _upstream_wait.reset(token)
+        elapsed = time.perf_counter() - started
+        route = route_of(request)
+        HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
+        HTTP_DURATION.labels(route, request.method).observe(elapsed)
+        OVERHEAD.labels(route).observe(max(0.0, elapsed - waited[0]))
+
+
+def exposition() -> bytes:
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})

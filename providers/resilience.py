@@ -1,0 +1,238 @@
+"""Retries, backoff, concurrency limits and a circuit breaker around any adapter.
+
+Every adapter is wrapped the same way, so none of them carries its own retry
+loop. Creates are not retried when the failure is ambiguous (the provider may
+have made the batch): the service resolves those with `find_batch` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Literal, Protocol, TypeVar
+
+from providers.base import (
+    BatchRequest,
+    ByteStream,
+    InputFile,
+    Provider,
+    ProviderError,
+    UpstreamBatch,
+    UpstreamFile,
+)
+
+T = TypeVar("T")
+BreakerState = Literal["closed", "open", "half_open"]
+
+# A Retry-After longer than this is not waited out inside one client request.
+MAX_RETRY_AFTER = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    max_retries: int = 2
+    backoff: float = 0.5
+    max_backoff: float = 8.0
+    max_concurrency: int = 64
+    breaker_failures: int = 5
+    breaker_cooldown: float = 30.0
+
+
+class Observer(Protocol):
+    """Hooks for metrics; every method is optional to care about."""
+
+    def attempt(self, provider: str, operation: str, outcome: str, seconds: float) -> None: ...
+
+    def retry(self, provider: str, operation: str) -> None: ...
+
+    def breaker(self, provider: str, state: BreakerState) -> None: ...
+
+
+class NullObserver:
+    def attempt(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
+        return None
+
+    def retry(self, provider: str, operation: str) -> None:
+        return None
+
+    def breaker(self, provider: str, state: BreakerState) -> None:
+        return None
+
+
+class CircuitBreaker:
+    """closed -> (N consecutive failures) -> open -> (cool-down) -> half_open -> one probe."""
+
+    def __init__(
+        self,
+        failures: int,
+        cooldown: float,
+        *,
+        on_change: Callable[[BreakerState], None] = lambda _: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._threshold = failures
+        self._cooldown = cooldown
+        self._on_change = on_change
+        self._clock = clock
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probing = False
+        self.state: BreakerState = "closed"
+
+    def _set(self, state: BreakerState) -> None:
+        if state != self.state:
+            self.state = state
+            self._on_change(state)
+
+    def available(self) -> bool:
+        """Whether routing may pick this provider now (no side effects)."""
+        if self.state == "open":
+            return self._clock() - self._opened_at >= self._cooldown
+        return not (self.state == "half_open" and self._probing)
+
+    def allow(self) -> bool:
+        """Whether a call may go out now; in half_open only one probe at a time."""
+        if self.state == "open":
+            if self._clock() - self._opened_at < self._cooldown:
+                return False
+            self._set("half_open")
+        if self.state == "half_open":
+            if self._probing:
+                return False
+            self._probing = True
+        return True
+
+    def success(self) -> None:
+        self._failures = 0
+        self._probing = False
+        self._set("closed")
+
+    def release(self) -> None:
+        """A call ended without a verdict (cancelled): let another probe go."""
+        self._probing = False
+
+    def failure(self) -> None:
+        self._failures += 1
+        self._probing = False
+        if self.state == "half_open" or self._failures >= self._threshold:
+            self._opened_at = self._clock()
+            self._set("open")
+
+
+class ResilientProvider:
+    """A `Provider` that retries, limits concurrency and trips a breaker."""
+
+    def __init__(
+        self,
+        inner: Provider,
+        policy: Policy,
+        *,
+        observer: Observer | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.endpoints = inner.endpoints
+        self.policy = policy
+        self._observer = observer or NullObserver()
+        self._sleep = sleep
+        self._limit = asyncio.Semaphore(policy.max_concurrency)
+        self.breaker = CircuitBreaker(
+            policy.breaker_failures,
+            policy.breaker_cooldown,
+            on_change=lambda state: self._observer.breaker(self.name, state),
+            clock=clock,
+        )
+
+    def supports(self, endpoint: str) -> bool:
+        return self.inner.supports(endpoint)
+
+    def available(self) -> bool:
+        return self.breaker.available()
+
+    def backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return retry_after
+        ceiling = min(self.policy.max_backoff, self.policy.backoff * 2**attempt)
+        return ceiling / 2 + random.uniform(0, ceiling / 2)  # equal jitter
+
+    async def call(
+        self, operation: str, fn: Callable[[], Awaitable[T]], *, idempotent: bool = True
+    ) -> T:
+        """One logical call: the breaker counts it once, however many attempts it took."""
+        if not self.breaker.allow():
+            raise ProviderError(
+                "retryable", "the provider is failing; calls are paused", code="circuit_open"
+            )
+        for attempt in range(self.policy.max_retries + 1):
+            started = time.perf_counter()
+            try:
+                async with self._limit:
+                    result = await fn()
+            except ProviderError as exc:
+                elapsed = time.perf_counter() - started
+                self._observer.attempt(self.name, operation, exc.kind, elapsed)
+                if not exc.retryable:
+                    self.breaker.success()  # it answered: the provider itself is healthy
+                    raise
+                last = attempt == self.policy.max_retries
+                too_long = (exc.retry_after or 0) > MAX_RETRY_AFTER
+                if last or too_long or (exc.ambiguous and not idempotent):
+                    self.breaker.failure()
+                    raise
+                self._observer.retry(self.name, operation)
+                await self._sleep(self.backoff(attempt, exc.retry_after))
+            except BaseException:
+                self.breaker.release()  # cancelled mid-call: neither success nor failure
+                raise
+            else:
+                self._observer.attempt(self.name, operation, "ok", time.perf_counter() - started)
+                self.breaker.success()
+                return result
+        raise AssertionError("unreachable")
+
+    async def upload_file(self, file: InputFile) -> str:
+        return await self.call("upload", lambda: self.inner.upload_file(file))
+
+    async def create_batch(self, request: BatchRequest) -> UpstreamBatch:
+        return await self.call("create", lambda: self.inner.create_batch(request), idempotent=False)
+
+    async def get_batch(self, upstream_id: str) -> UpstreamBatch:
+        return await self.call("get", lambda: self.inner.get_batch(upstream_id))
+
+    async def cancel_batch(self, upstream_id: str) -> UpstreamBatch:
+        return await self.call("cancel", lambda: self.inner.cancel_batch(upstream_id))
+
+    async def get_file(self, upstream_file_id: str) -> UpstreamFile:
+        return await self.call("get_file", lambda: self.inner.get_file(upstream_file_id))
+
+    async def find_batch(self, gateway_batch_id: str) -> UpstreamBatch | None:
+        return await self.call("find", lambda: self.inner.find_batch(gateway_batch_id))
+
+    def open_file_content(self, upstream_file_id: str) -> ByteStream:
+        return self._content(upstream_file_id)
+
+    @asynccontextmanager
+    async def _content(self, upstream_file_id: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Retries cover opening the stream; a break mid-stream reaches the client."""
+
+        async def enter() -> tuple[ByteStream, AsyncIterator[bytes]]:
+            stream = self.inner.open_file_content(upstream_file_id)
+            return stream, await stream.__aenter__()
+
+        stream, chunks = await self.call("content", enter)
+        try:
+            yield chunks
+        except BaseException as exc:
+            if not await stream.__aexit__(type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            await stream.__aexit__(None, None, None)
+
+    async def close(self) -> None:
+        await self.inner.close()

@@ -1,0 +1,119 @@
+"""OpenAI batch output/error lines, for every adapter that writes result files itself.
+
+Wire reference §2: a 2xx response goes to the output file; a non-2xx response goes to the
+error file with the endpoint's error envelope as its body; a request that never ran goes to
+the error file with `response: null` and an `error` code (`batch_cancelled`, `batch_expired`).
+Ids are derived from stable inputs so that rewriting a file after a restart gives the same
+bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "CANCELLED",
+    "EXPIRED",
+    "UsageTally",
+    "batch_usage",
+    "dumps",
+    "error_body",
+    "error_line",
+    "is_output",
+    "response_line",
+    "stable_hex",
+]
+
+Json = dict[str, Any]
+
+# (code, message) for requests that never ran.
+CANCELLED = ("batch_cancelled", "The batch was cancelled before this request ran.")
+EXPIRED = ("batch_expired", "The batch's completion window ended before this request ran.")
+
+
+def stable_hex(*parts: object) -> str:
+    """24 hex chars from sha256 of the parts: the same line always gets the same ids."""
+    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:24]
+
+
+def dumps(obj: Any) -> bytes:
+    """One JSONL line: compact, UTF-8, newline-terminated."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> Json:
+    """OpenAI's error envelope, as the body of a non-2xx per-line response."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def response_line(
+    line_id: str, custom_id: Any, status_code: int, request_id: str, body: Any
+) -> Json:
+    """A request that got an HTTP answer (output file if 2xx, else error file)."""
+    response = {"status_code": status_code, "request_id": request_id, "body": body}
+    return {"id": line_id, "custom_id": custom_id, "response": response, "error": None}
+
+
+def error_line(line_id: str, custom_id: Any, error: tuple[str, str]) -> Json:
+    """A request that never produced an HTTP answer: `error` is (code, message)."""
+    code, message = error
+    return {
+        "id": line_id,
+        "custom_id": custom_id,
+        "response": None,
+        "error": {"code": code, "message": message},
+    }
+
+
+def is_output(line: Json) -> bool:
+    """True when the line belongs in the output file rather than the error file."""
+    response = line.get("response")
+    return isinstance(response, dict) and 200 <= response.get("status_code", 0) < 300
+
+
+def batch_usage(input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> Json:
+    """The Batch / Responses `usage` object."""
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": cached_tokens},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + output_tokens,
+    }
+
+
+def _count(usage: dict[str, Any], *names: str) -> int:
+    for name in names:
+        value = usage.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return 0
+
+
+@dataclass(slots=True)
+class UsageTally:
+    """Sums the `usage` of successful response bodies into the batch's `usage`.
+
+    Chat/completions/embeddings bodies say prompt/completion tokens, Responses bodies
+    say input/output tokens; both count.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+
+    def add(self, body: Any) -> None:
+        usage = body.get("usage") if isinstance(body, dict) else None
+        if not isinstance(usage, dict):
+            return
+        self.input_tokens += _count(usage, "prompt_tokens", "input_tokens")
+        self.output_tokens += _count(usage, "completion_tokens", "output_tokens")
+        details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+        if isinstance(details, dict):
+            self.cached_tokens += _count(details, "cached_tokens")
+
+    def usage(self) -> Json:
+        return batch_usage(self.input_tokens, self.output_tokens, self.cached_tokens)

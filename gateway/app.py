@@ -9,6 +9,7 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -19,7 +20,7 @@ from gateway.api import files as files_api
 from gateway.auth import Authenticator
 from gateway.blobs import LocalBlobs
 from gateway.config import Config, ConfigError, load_config
-from gateway.errors import Handler, error_middleware
+from gateway.errors import REQUEST_ID, Handler, error_middleware
 from gateway.poller import Poller
 from gateway.routing import Router
 from gateway.service import GatewayService
@@ -37,7 +38,11 @@ _BACKGROUND = web.AppKey("background", set[asyncio.Task[None]])
 _RETIRED = web.AppKey("retired", list[Provider])
 AUTH = web.AppKey("auth", Authenticator)
 POLLER = web.AppKey("poller", Poller)
-REQUEST_ID = web.RequestKey("request_id", str)
+
+# Passed to aiohttp's server (run_app and the tests): request lines up to 16 KiB reach
+# the handlers, so an over-long id gets the JSON error envelope rather than aiohttp's
+# plain-text 400.
+SERVER_ARGS: dict[str, Any] = {"max_line_size": 16 * 1024, "max_field_size": 16 * 1024}
 
 # How long replaced providers stay open for calls that were already running.
 RELOAD_GRACE_SECONDS = 120.0

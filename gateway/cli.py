@@ -24,17 +24,22 @@ def _load(path: str) -> Config:
 def serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from gateway.app import create_app
+    from gateway.app import SERVER_ARGS, create_app
+    from gateway.auth import exposure_warning
 
     config = _load(args.config)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if warning := exposure_warning(host, config.auth):
+        banner = "!" * 78
+        logging.getLogger("gateway").warning("\n%s\n%s\n%s", banner, warning, banner)
     web.run_app(
         create_app(config, config_path=Path(args.config).resolve()),
         host=host,
         port=port,
         access_log=None,
+        **SERVER_ARGS,
         print=lambda _: logging.getLogger("gateway").info("listening on http://%s:%s", host, port),
     )
     return 0

@@ -2,8 +2,8 @@
 
 One loop per provider: a slow provider only delays its own sweeps. Each sweep
 refreshes that provider's non-terminal batches with bounded concurrency, then
-sleeps the interval with jitter. The same task settles stale pending creates and
-sends due webhooks.
+sleeps the interval with jitter. The same task settles stale pending creates,
+sends due webhooks and, every `sweep_interval_seconds`, removes expired files.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from contextlib import suppress
 
 from gateway.config import PollerConfig
@@ -29,6 +30,7 @@ class Poller:
         self.config = config
         self.webhooks = webhooks
         self._loops: dict[str, asyncio.Task[None]] = {}
+        self._next_sweep = 0.0
 
     async def sweep_provider(self, name: str) -> int:
         """Refresh every active batch of one provider; returns how many were refreshed."""
@@ -71,6 +73,9 @@ class Poller:
             try:
                 await self.service.reconcile_pending(self.config.pending_grace_seconds)
                 await self.webhooks.deliver_due()
+                if time.monotonic() >= self._next_sweep:
+                    self._next_sweep = time.monotonic() + self.config.sweep_interval_seconds
+                    await self.service.sweep_expired()
             except Exception as exc:
                 log.error("poller: housekeeping failed: %s", type(exc).__name__)
             await asyncio.sleep(self.config.webhook_interval_seconds)

@@ -5,6 +5,11 @@ targets give the first choice (a seeded draw, so tests are reproducible); the
 rule's other targets and its `fallback:` list follow. A provider is usable when
 it is enabled, supports the endpoint and its circuit breaker lets calls through.
 `default` (with `default_fallback`) is the last resort.
+
+A key's `providers:` allow-list drops the candidates it may not use, everywhere
+(rules, header, default). When providers exist for the request but the key may
+use none of them, the answer is 403 (the request is fine, the key lacks the
+right), not the 400 for an endpoint nobody serves.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from fnmatch import fnmatchcase
 from typing import Protocol
 
 from gateway.config import Config, Route, Target
-from gateway.errors import InvalidRequest, UpstreamError
+from gateway.errors import InvalidRequest, PermissionDenied, UpstreamError
 
 PROVIDER_HEADER = "X-Batch-Provider"
 
@@ -35,6 +40,11 @@ class RouteRequest:
     tenant: str
     # The X-Batch-Provider header, already dropped when the caller may not use it.
     provider_header: str | None = None
+    # The caller's key's provider allow-list (None: any provider).
+    allowed: frozenset[str] | None = None
+
+    def may_use(self, provider: str) -> bool:
+        return self.allowed is None or provider in self.allowed
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +75,13 @@ def weighted_order(targets: Sequence[Target], rng: random.Random) -> list[str]:
     first = rng.choices(targets, weights=[t.weight for t in targets])[0]
     rest = sorted((t for t in targets if t is not first), key=lambda t: -t.weight)
     return [first.provider, *(t.provider for t in rest)]
+
+
+def _not_allowed(endpoint: str) -> PermissionDenied:
+    return PermissionDenied(
+        f"Your API key may not use any provider that accepts batches for {endpoint}.",
+        code="provider_not_allowed",
+    )
 
 
 class Router:

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import secrets
 import time
+from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -19,12 +20,13 @@ import orjson
 
 from gateway import ids
 from gateway.blobs import LocalBlobs
-from gateway.config import Config
-from gateway.errors import InvalidRequest, NotFound, PayloadTooLarge
+from gateway.config import Config, KeyConfig
+from gateway.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, QuotaExceeded
 from gateway.jsonl import JSONLError, JSONLValidator, TooLarge
 from gateway.routing import Router, RouteRequest
 from gateway.store import BatchRecord, FileRecord, Page, Store
 from gateway.store.base import UnknownCursor
+from gateway.sweeper import sweep_expired
 from gateway.wire import CreateBatchBody, ExpiresAfter, new_batch_object
 from providers.base import (
     TERMINAL_STATUSES,
@@ -88,6 +90,8 @@ class GatewayService:
         self.blobs = blobs
         self.events = events or ServiceEvents()
         self._refreshing: dict[str, asyncio.Future[BatchView]] = {}
+        # Serializes "count active batches, then insert" per tenant (one process).
+        self._admission: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.reconfigure(config, providers, router)
 
     def reconfigure(
@@ -110,6 +114,7 @@ class GatewayService:
         expires_after: ExpiresAfter | None = None,
     ) -> FileRecord:
         """Stream an input file to a blob while validating it; all or nothing."""
+        budget = await self._storage_budget(tenant)
         file_id = ids.new_file_id()
         validator = JSONLValidator(
             max_bytes=self.limits.max_file_bytes,
@@ -125,6 +130,8 @@ class GatewayService:
                 digest.update(chunk)
                 writer.write(chunk)
                 size += len(chunk)
+                if budget is not None and size > budget:
+                    raise _storage_quota()
             summary = validator.finish()
         except JSONLError as exc:
             writer.abort()
@@ -161,10 +168,11 @@ class GatewayService:
             raise
         return record
 
-    async def get_file(self, tenant: str, file_id: str) -> FileRecord:
-        record = await self.store.get_file(file_id, tenant)
-        if record is None:
-            raise _no_such("File", file_id, "file_id")
+    async def get_file(self, tenant: str, file_id: str, param: str = "file_id") -> FileRecord:
+        """The tenant's live file; another tenant's, expired and malformed ids look unknown."""
+        record = await self.store.get_file(file_id, tenant) if ids.looks_valid(file_id) else None
+        if record is None or (record.expires_at is not None and record.expires_at <= time.time()):
+            raise _no_such("File", file_id, param)
         return record
 
     async def list_files(
@@ -179,6 +187,27 @@ class GatewayService:
 
     async def delete_file(self, tenant: str, file_id: str) -> None:
         record = await self.get_file(tenant, file_id)
+        if record.purpose == "batch_output":
+            raise InvalidRequest(
+                "Batch output files are read-only; they expire with the batch's "
+                "output_expires_after.",
+                param="file_id",
+                code="file_read_only",
+            )
+        if await self.store.file_in_use(record.id):
+            raise Conflict(
+                "The file is the input of a batch that is still running; cancel the batch or "
+                "wait for it to end before deleting the file.",
+                param="file_id",
+                code="file_in_use",
+            )
+        await self._remove_file(record)
+
+    async def discard_upload(self, record: FileRecord) -> None:
+        """Undo an upload whose request failed after the file part was stored."""
+        await self._remove_file(record)
+
+    async def _remove_file(self, record: FileRecord) -> None:
         await self.store.delete_file(record.id)
         if record.blob:
             self.blobs.delete(record.blob)
@@ -201,9 +230,7 @@ class GatewayService:
     async def create_batch(
         self, tenant: str, body: CreateBatchBody, *, provider_header: str | None = None
     ) -> dict[str, Any]:
-        file = await self.store.get_file(body.input_file_id, tenant)
-        if file is None:
-            raise _no_such("File", body.input_file_id, "input_file_id")
+        file = await self.get_file(tenant, body.input_file_id, "input_file_id")
         if file.purpose != "batch" or file.blob is None:
             raise InvalidRequest("The input file must have purpose 'batch'.", param="input_file_id")
         if file.endpoint != body.endpoint:
@@ -214,6 +241,7 @@ class GatewayService:
             )
         key = self._keys.get(tenant)
         may_pick = key.allow_provider_header if key else self.config.auth.allow_provider_header
+        allowed = frozenset(key.providers) if key and key.providers is not None else None
         decision = self.router.choose(
             RouteRequest(
                 endpoint=body.endpoint,
@@ -221,6 +249,7 @@ class GatewayService:
                 metadata=body.metadata or {},
                 tenant=tenant,
                 provider_header=provider_header if may_pick else None,
+                allowed=allowed,
             )
         )
         now = int(time.time())
@@ -246,7 +275,9 @@ class GatewayService:
             gateway_batch_id=batch_id,
         )
         # Written before the upstream call, so a crash in between leaves a visible pending row.
-        await self.store.insert_batch(record)
+        async with self._admission[tenant]:
+            await self._check_active_quota(key)
+            await self.store.insert_batch(record)
         try:
             upstream = await self._create_upstream(record, file, request, decision.providers)
         except BaseException:
@@ -420,10 +451,35 @@ class GatewayService:
             log.warning("batch %s: create was interrupted by a restart; marked failed", record.id)
         return settled
 
+    async def sweep_expired(self, now: float | None = None) -> int:
+        """Remove expired files (rows, and blobs the gateway holds); returns how many."""
+        return await sweep_expired(self.store, self.blobs, time.time() if now is None else now)
+
     # internals
 
+    async def _storage_budget(self, tenant: str) -> int | None:
+        """Bytes the tenant may still upload (None: no limit)."""
+        key = self._keys.get(tenant)
+        limit = key.limits.max_bytes_stored if key else None
+        if limit is None:
+            return None
+        left = limit - await self.store.bytes_stored(tenant)
+        if left <= 0:
+            raise _storage_quota()
+        return left
+
+    async def _check_active_quota(self, key: KeyConfig | None) -> None:
+        limit = key.limits.max_active_batches if key else None
+        if key is not None and limit is not None:
+            if await self.store.count_active_batches(key.name) >= limit:
+                raise QuotaExceeded(
+                    f"This key already has {limit} active batches, its limit; wait for one "
+                    "to end or cancel one.",
+                    code="active_batch_limit_exceeded",
+                )
+
     async def _batch(self, tenant: str, batch_id: str) -> BatchRecord:
-        record = await self.store.get_batch(batch_id, tenant)
+        record = await self.store.get_batch(batch_id, tenant) if ids.looks_valid(batch_id) else None
         if record is None:
             raise _no_such("Batch", batch_id, "batch_id")
         return record
@@ -527,6 +583,14 @@ class GatewayService:
         )
         await self.store.insert_file(file)
         return file.id
+
+
+def _storage_quota() -> QuotaExceeded:
+    return QuotaExceeded(
+        "This key's stored files would exceed its max_bytes_stored; delete files first.",
+        param="file",
+        code="storage_limit_exceeded",
+    )
 
 
 def _next_status(current: str, reported: str) -> str:

@@ -104,6 +104,15 @@ class Router:
     def choose(self, request: RouteRequest) -> Decision:
         endpoint = request.endpoint
         header = request.provider_header
+        denied = False
+
+        def permitted(names: Iterable[str]) -> tuple[str, ...]:
+            nonlocal denied
+            usable = self._candidates(names, endpoint)
+            kept = tuple(n for n in usable if request.may_use(n))
+            denied = denied or (bool(usable) and not kept)
+            return kept
+
         if header is not None and not any(r.match.provider_header for r in self._config.routes):
             # With no rule about the header, an allowed header names the provider directly.
             if not self.usable(header, endpoint):
@@ -112,16 +121,20 @@ class Router:
                     param=PROVIDER_HEADER,
                     code="unknown_provider",
                 )
+            if not permitted((header,)):
+                raise _not_allowed(endpoint)
             return self._decide((header,), "header", None)
         for i, route in enumerate(self._config.routes):
             if not matches(route, request):
                 continue
             names = [*weighted_order(route.to, self._rng), *route.fallback]
-            if candidates := self._candidates(names, endpoint):
+            if candidates := permitted(names):
                 return self._decide(candidates, f"routes[{i}]", route.webhook)
         names = [self._config.default, *self._config.default_fallback]
-        if candidates := self._candidates(names, endpoint):
+        if candidates := permitted(names):
             return self._decide(candidates, "default", None)
+        if denied:
+            raise _not_allowed(endpoint)
         raise InvalidRequest(
             f"No configured provider accepts batches for endpoint {endpoint}.",
             param="endpoint",

@@ -37,6 +37,7 @@ def test_serve_then_demo(tmp_path: Path) -> None:
     config.write_text((REPO / "config.yaml").read_text())  # the shipped config, copied
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("ANYAPI_API_KEY", "FAST_API_KEY")}
+    env["PYTHONPATH"] = str(REPO)  # this checkout's code, whichever one is pip-installed
     server = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)],
         cwd=tmp_path,

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import __version__
+from gateway import __version__, openapi
 from gateway.api import SERVICE, json_response
 from gateway.api import batches as batches_api
 from gateway.api import files as files_api
@@ -180,6 +180,10 @@ async def ready(request: web.Request) -> web.Response:
     return json_response({"status": "ok", "providers": sorted(request.app[SERVICE].providers)})
 
 
+async def openapi_json(request: web.Request) -> web.Response:
+    return json_response(openapi.document())
+
+
 def create_app(config: Config, *, config_path: Path | None = None) -> web.Application:
     """`config_path` enables reload on SIGHUP (the file is re-read from there)."""
     auth = Authenticator(config.auth)
@@ -196,4 +200,5 @@ def create_app(config: Config, *, config_path: Path | None = None) -> web.Applic
     batches_api.add_routes(app)
     app.router.add_get("/health/live", live)
     app.router.add_get("/health/ready", ready)
+    app.router.add_get("/openapi.json", openapi_json)
     return app

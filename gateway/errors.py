@@ -230,12 +230,14 @@ async def _answer_and_close(request: web.Request, response: web.Response) -> Non
 
 
 def _from_http(exc: web.HTTPException, request: web.Request) -> APIError:
+    path = request.path if len(request.path) <= 200 else f"{request.path[:200]}..."
     if exc.status == 404:
-        return NotFound(
-            f"Unknown request URL: {request.method} {request.path}.", code="unknown_url"
-        )
+        return NotFound(f"Unknown request URL: {request.method} {path}.", code="unknown_url")
     if exc.status == 405:
-        return MethodNotAllowed(f"Method {request.method} is not allowed for {request.path}.")
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return MethodNotAllowed(
+            f"Method {request.method} is not allowed for {path}.", headers=allow
+        )
     if exc.status == 413:
         return PayloadTooLarge("The request body is too large.")
     err = InvalidRequest(exc.reason or "Bad request.")

@@ -179,6 +179,8 @@ class GatewayService:
         self, tenant: str, *, purpose: str | None, after: str | None, limit: int, order: str
     ) -> Page[FileRecord]:
         try:
+            if after is not None and not ids.looks_valid(after):
+                raise UnknownCursor(after)
             return await self.store.list_files(
                 tenant, purpose=purpose, after=after, limit=limit, order=order
             )
@@ -357,6 +359,8 @@ class GatewayService:
         self, tenant: str, *, after: str | None, limit: int
     ) -> Page[BatchRecord]:
         try:
+            if after is not None and not ids.looks_valid(after):
+                raise UnknownCursor(after)
             return await self.store.list_batches(tenant, after=after, limit=limit)
         except UnknownCursor:
             raise InvalidRequest("'after' does not name a batch of yours.", param="after") from None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
 from gateway.api import (
@@ -44,8 +45,25 @@ async def _text(part: BodyPartReader, idle: float) -> str:
 
 
 async def _chunks(part: BodyPartReader, idle: float) -> AsyncIterator[bytes]:
-    while chunk := await idle_limited(part.read_chunk(CHUNK), idle):
-        yield bytes(chunk)
+    try:
+        while chunk := await idle_limited(part.read_chunk(CHUNK), idle):
+            yield bytes(chunk)
+    except (ValueError, HttpProcessingError):  # broken multipart framing or part headers
+        raise _malformed() from None
+
+
+def _malformed() -> InvalidRequest:
+    return InvalidRequest("The multipart/form-data body is malformed.", code="invalid_multipart")
+
+
+async def _next_part(reader: MultipartReader, idle: float) -> BodyPartReader | None:
+    try:
+        part = await idle_limited(reader.next(), idle)
+    except (ValueError, HttpProcessingError):
+        raise _malformed() from None
+    if part is not None and not isinstance(part, BodyPartReader):
+        raise InvalidRequest("Nested multipart bodies are not supported.")
+    return part
 
 
 def _expires_after(fields: dict[str, str]) -> ExpiresAfter | None:
@@ -74,17 +92,18 @@ async def upload(request: web.Request) -> web.Response:
             f"The file is larger than the limit of {svc.limits.max_file_bytes} bytes.",
             param="file",
         )
-    reader = await request.multipart()
+    try:
+        reader = await request.multipart()
+    except ValueError:  # no boundary in the Content-Type
+        raise _malformed() from None
     fields: dict[str, str] = {}
     record: FileRecord | None = None
     parts = 0
     try:
-        while (part := await idle_limited(reader.next(), idle)) is not None:
+        while (part := await _next_part(reader, idle)) is not None:
             parts += 1
             if parts > MAX_PARTS:
                 raise InvalidRequest(f"A file upload has at most {MAX_PARTS} form parts.")
-            if not isinstance(part, BodyPartReader):
-                raise InvalidRequest("Nested multipart bodies are not supported.")
             if part.name == "file" and part.filename is not None:
                 if record is not None:
                     raise InvalidRequest("Send exactly one 'file' part.", param="file")

@@ -86,9 +86,6 @@ class Authenticator:
             )
         raise Unauthorized("Incorrect API key provided.")
 
-    def tenant(self, authorization: str | None) -> str:
-        return self.caller(authorization).tenant
-
     def _as_admin(self, request: web.Request) -> str:
         """The tenant an admin request acts on; only the read routes are allowed."""
         resource = request.match_info.route.resource

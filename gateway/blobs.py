@@ -9,7 +9,9 @@ files also offers their path, so the content handler can let the OS send them.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +21,8 @@ from gateway.config import BlobsConfig
 from providers.base import ByteStream
 
 CHUNK = 256 * 1024
+
+STALE_PART_SECONDS = 3600.0
 
 
 class BlobWriter(Protocol):
@@ -74,9 +78,13 @@ class LocalBlobs:
         self.directory = directory
         self._tmp = directory / "tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
-        # Leftovers of a process that died mid-upload.
+        # Leftovers of a process that died mid-upload; recent ones may be another
+        # worker's upload in progress.
+        cutoff = time.time() - STALE_PART_SECONDS
         for stale in self._tmp.iterdir():
-            stale.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                if stale.stat().st_mtime < cutoff:
+                    stale.unlink()
 
     def path(self, key: str) -> Path:
         return self.directory / key

@@ -147,7 +147,9 @@ class SQLStore(ABC):
     async def list_files(
         self, tenant: str, *, purpose: str | None, after: str | None, limit: int, order: str
     ) -> Page[FileRecord]:
-        where, args = "tenant = ?", list[Any]([tenant])
+        # Expired files are gone for clients even before the sweeper removes them.
+        where = "tenant = ? AND (expires_at IS NULL OR expires_at > ?)"
+        args = list[Any]([tenant, int(time.time())])
         if purpose:
             where += " AND purpose = ?"
             args.append(purpose)
@@ -275,6 +277,40 @@ class SQLStore(ABC):
         async with self._conn() as db:
             rows = await db.fetch(f"SELECT {BATCH_COLS} FROM batches WHERE pending ORDER BY seq")
         return [batch_from_row(r) for r in rows]
+
+    async def count_active_batches(self, tenant: str) -> int:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                f"SELECT count(*) FROM batches WHERE tenant = ? AND {NOT_TERMINAL}", tenant
+            )
+        return int(rows[0][0])
+
+    async def bytes_stored(self, tenant: str) -> int:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                "SELECT coalesce(sum(bytes), 0) FROM files WHERE tenant = ? AND blob IS NOT NULL",
+                tenant,
+            )
+        return int(rows[0][0])  # PostgreSQL's sum() of bigint is a numeric
+
+    async def file_in_use(self, file_id: str) -> bool:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                f"SELECT 1 FROM batches WHERE input_file_id = ? AND {NOT_TERMINAL} LIMIT 1",
+                file_id,
+            )
+        return bool(rows)
+
+    async def expired_files(self, now: float, limit: int) -> list[FileRecord]:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                f"SELECT {FILE_COLS} FROM files WHERE expires_at IS NOT NULL AND expires_at <= ?"
+                " AND NOT EXISTS (SELECT 1 FROM batches WHERE input_file_id = files.id"
+                f" AND {NOT_TERMINAL}) ORDER BY expires_at LIMIT ?",
+                int(now),  # expires_at is whole seconds: <= now and <= floor(now) agree
+                limit,
+            )
+        return [file_from_row(r) for r in rows]
 
     async def active_batches(self, provider: str | None = None) -> list[BatchRecord]:
         sql = f"SELECT {BATCH_COLS} FROM batches WHERE {NOT_TERMINAL} AND NOT pending"

@@ -53,7 +53,7 @@ def file_record(n: int, *, tenant: str = "a", purpose: str = "batch", **kw: Any)
     }
     if purpose == "batch":
         fields |= {
-            "expires_at": 1_800_000_000,
+            "expires_at": 4_000_000_000,  # far ahead: lists hide expired files
             "sha256": "ab" * 32,
             "line_count": n,
             "endpoint": "/v1/chat/completions",
@@ -258,6 +258,39 @@ async def test_a_webhook_event_is_queued_with_the_update(store: Store) -> None:
     await store.insert_batch(plain)
     await store.update_batch(plain, event=b"{}")
     assert await store.due_deliveries(now=1e10, limit=10) == []
+
+
+async def test_quota_counts_per_tenant(store: Store) -> None:
+    await store.insert_file(file_record(1))  # 101 bytes
+    await store.insert_file(file_record(2))  # 102 bytes
+    await store.insert_file(file_record(3, purpose="batch_output", provider="p", upstream_id="3"))
+    await store.insert_file(file_record(4, tenant="b"))
+    assert await store.bytes_stored("a") == 203  # only blobs the gateway holds
+    assert await store.bytes_stored("nobody") == 0
+    await store.insert_batch(batch_record(1, status="in_progress"))
+    await store.insert_batch(batch_record(2, status="validating", pending=True))
+    await store.insert_batch(batch_record(3, status="completed"))
+    await store.insert_batch(batch_record(4, tenant="b"))
+    assert await store.count_active_batches("a") == 2  # pending creates count
+    assert await store.count_active_batches("nobody") == 0
+
+
+async def test_expired_files_leave_lists_and_wait_for_their_batches(store: Store) -> None:
+    now = int(time.time())
+    await store.insert_file(file_record(1, expires_at=now - 10))  # read by a running batch
+    await store.insert_file(file_record(2, expires_at=now - 5))
+    await store.insert_file(file_record(3, expires_at=now + 3600))
+    await store.insert_file(file_record(4, purpose="batch_output", provider="p", upstream_id="4"))
+    await store.insert_batch(batch_record(1, status="in_progress"))  # input file-0001
+    assert await store.file_in_use("file-0001") is True
+    assert await store.file_in_use("file-0002") is False
+
+    page = await store.list_files("a", purpose=None, after=None, limit=10, order="asc")
+    assert [f.id for f in page.data] == ["file-0003", "file-0004"]
+    assert [f.id for f in await store.expired_files(now + 0.5, 10)] == ["file-0002"]
+    later = await store.expired_files(now + 7200, 10)
+    assert [f.id for f in later] == ["file-0002", "file-0003"]
+    assert len(await store.expired_files(now + 7200, 1)) == 1
 
 
 # leases

@@ -4,8 +4,7 @@ Both backends accept the same statements here (upserts, RETURNING, partial
 indexes, keyset pagination on `seq`), so a backend only supplies connections:
 `_conn()` for single statements, `_tx()` for an atomic unit of work, and
 `_exclusive()` for migrations. Queries use `?` placeholders; the PostgreSQL
-executor numbers them. JSON travels as text in both directions (SQLite TEXT,
-PostgreSQL jsonb), so the row conversion below serves both.
+executor numbers them; rows become records in `rows`.
 """
 
 from __future__ import annotations
@@ -15,61 +14,17 @@ from abc import ABC, abstractmethod
 from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar
 
-import orjson
-
 from gateway.store import migrate
 from gateway.store.base import BatchRecord, FileRecord, Page, UnknownCursor, WebhookDelivery
-from gateway.store.migrate import Executor, Row
-
-FILE_COLS = (
-    "id, tenant, purpose, filename, bytes, created_at, expires_at, sha256, line_count,"
-    " endpoint, models, blob, provider, upstream_id, batch_id"
+from gateway.store.migrate import Executor
+from gateway.store.rows import (
+    BATCH_COLS,
+    FILE_COLS,
+    NOT_TERMINAL,
+    batch_from_row,
+    file_from_row,
+    to_json,
 )
-BATCH_COLS = (
-    "id, tenant, provider, input_file_id, created_at, object, upstream_id, pending, output_ttl,"
-    " webhook"
-)
-# Matches the partial indexes' predicate, so the planner can use them.
-NOT_TERMINAL = "status NOT IN ('completed', 'failed', 'expired', 'cancelled')"
-
-
-def file_from_row(row: Row) -> FileRecord:
-    return FileRecord(
-        id=row[0],
-        tenant=row[1],
-        purpose=row[2],
-        filename=row[3],
-        bytes=row[4],
-        created_at=row[5],
-        expires_at=row[6],
-        sha256=row[7],
-        line_count=row[8],
-        endpoint=row[9],
-        models=tuple(orjson.loads(row[10])),
-        blob=row[11],
-        provider=row[12],
-        upstream_id=row[13],
-        batch_id=row[14],
-    )
-
-
-def batch_from_row(row: Row) -> BatchRecord:
-    return BatchRecord(
-        id=row[0],
-        tenant=row[1],
-        provider=row[2],
-        input_file_id=row[3],
-        created_at=row[4],
-        object=orjson.loads(row[5]),
-        upstream_id=row[6],
-        pending=bool(row[7]),
-        output_ttl=row[8],
-        webhook=row[9],
-    )
-
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
 
 
 class SQLStore(ABC):
@@ -118,7 +73,7 @@ class SQLStore(ABC):
                 record.sha256,
                 record.line_count,
                 record.endpoint,
-                _json(list(record.models)),
+                to_json(list(record.models)),
                 record.blob,
                 record.provider,
                 record.upstream_id,
@@ -207,7 +162,7 @@ class SQLStore(ABC):
                 record.provider,
                 record.input_file_id,
                 record.created_at,
-                _json(record.object),
+                to_json(record.object),
                 record.upstream_id,
                 record.pending,
                 record.output_ttl,
@@ -221,7 +176,7 @@ class SQLStore(ABC):
             " WHERE id = ?"
         )
         args = (
-            _json(record.object),
+            to_json(record.object),
             record.upstream_id,
             record.pending,
             record.status,

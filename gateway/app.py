@@ -21,6 +21,7 @@ from gateway.auth import Authenticator
 from gateway.blobs import open_blobs
 from gateway.config import Config, ConfigError, load_config
 from gateway.errors import error_middleware
+from gateway.limits import StoreWindow
 from gateway.poller import Poller
 from gateway.routing import Router
 from gateway.service import GatewayService
@@ -123,6 +124,7 @@ def reload_config(app: web.Application) -> bool:
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     config = app[SERVICE_CONFIG]
     store = await open_store(config.store.url)
+    app[AUTH].limiter = StoreWindow(store)  # limits shared by workers and replicas
     try:
         blobs = await open_blobs(config.blobs)
     except BaseException:

@@ -175,6 +175,9 @@ class PollerConfig(_Model):
     interval_seconds: float = Field(30.0, gt=0)
     jitter: float = Field(0.1, ge=0, le=1)
     concurrency_per_provider: int = Field(8, ge=1)
+    # How long a replica holds a batch it polls (and the housekeeping role); a replica
+    # that dies hands them over when this runs out. Keep it above the slowest refresh.
+    lease_seconds: float = Field(120.0, gt=0)
     # A create still pending after this long belongs to a process that died.
     pending_grace_seconds: float = Field(120.0, ge=0)
     webhook_interval_seconds: float = Field(1.0, gt=0)

@@ -19,6 +19,7 @@ from gateway.store.sql import SQLStore
 from gateway.store.sqlite import SQLiteStore
 
 LATEST = migrations("sqlite")[-1].version
+LEASES = 4  # the migration that added batch leases
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -455,7 +456,7 @@ async def test_a_version_1_database_upgrades_in_place(store_url: str) -> None:
 
 
 async def test_the_version_before_leases_upgrades_in_place(store_url: str) -> None:
-    old = await open_sql(store_url, schema_upto=LATEST - 1)
+    old = await open_sql(store_url, schema_upto=LEASES - 1)
     try:
         await old.insert_file(file_record(1))
         await old.insert_batch(batch_record(1))
@@ -471,6 +472,24 @@ async def test_the_version_before_leases_upgrades_in_place(store_url: str) -> No
         assert await upgraded.claim_active_batches("w", 5, 30, now=0) == [batch_record(1)]
     finally:
         await upgraded.close()
+
+
+async def test_named_leases_have_one_owner_at_a_time(store: SQLStore) -> None:
+    assert await store.acquire_lease("housekeeping", "a", 10, now=100)
+    assert not await store.acquire_lease("housekeeping", "b", 10, now=105)
+    assert await store.acquire_lease("housekeeping", "a", 10, now=105)  # renewed to 115
+    assert not await store.acquire_lease("housekeeping", "b", 10, now=114)
+    assert await store.acquire_lease("housekeeping", "b", 10, now=115)  # expired: taken over
+    assert await store.acquire_lease("other", "a", 10, now=115)
+
+
+async def test_claims_can_be_limited_to_one_provider(store: SQLStore) -> None:
+    first, second = batch_record(1), batch_record(2)
+    second.provider = "other"
+    await store.insert_batch(first)
+    await store.insert_batch(second)
+    claimed = await store.claim_active_batches("w", 10, 30, now=0, provider="other")
+    assert [b.id for b in claimed] == [second.id]
 
 
 async def test_a_sqlite_file_from_the_first_release_upgrades(tmp_path: Path) -> None:

@@ -134,7 +134,12 @@ class Store(Protocol):
         ...
 
     async def claim_active_batches(
-        self, owner: str, limit: int, lease_seconds: float, now: float
+        self,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        now: float,
+        provider: str | None = None,
     ) -> list[BatchRecord]:
         """Lease up to `limit` due, active batches to `owner` until `now + lease_seconds`.
 
@@ -149,6 +154,10 @@ class Store(Protocol):
 
         False when `owner` no longer holds the lease (it expired and was taken).
         """
+        ...
+
+    async def acquire_lease(self, name: str, owner: str, seconds: float, now: float) -> bool:
+        """Take or renew the named lease; False while another owner holds it."""
         ...
 
     async def hit_rate_window(self, key: str, window_start: int, limit: int) -> tuple[bool, int]:

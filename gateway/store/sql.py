@@ -315,17 +315,25 @@ class SQLStore(ABC):
     # leases (several pollers sharing the active batches)
 
     async def claim_active_batches(
-        self, owner: str, limit: int, lease_seconds: float, now: float
+        self,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        now: float,
+        provider: str | None = None,
     ) -> list[BatchRecord]:
+        only = " AND provider = ?" if provider is not None else ""
+        args: tuple[Any, ...] = (provider,) if provider is not None else ()
         async with self._tx() as db:
             rows = await db.fetch(
                 "UPDATE batches SET lease_owner = ?, lease_until = ? WHERE seq IN ("
-                f"SELECT seq FROM batches WHERE {NOT_TERMINAL} AND NOT pending"
+                f"SELECT seq FROM batches WHERE {NOT_TERMINAL} AND NOT pending{only}"
                 " AND next_poll_at <= ? AND (lease_until IS NULL OR lease_until <= ?)"
                 f" ORDER BY next_poll_at, seq LIMIT ? {self.row_lock})"
                 f" RETURNING {BATCH_COLS}, next_poll_at, seq",
                 owner,
                 float(now + lease_seconds),
+                *args,
                 float(now),
                 float(now),
                 limit,
@@ -342,6 +350,20 @@ class SQLStore(ABC):
                 float(next_poll_at),
                 batch_id,
                 owner,
+            )
+        return bool(rows)
+
+    async def acquire_lease(self, name: str, owner: str, seconds: float, now: float) -> bool:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                "INSERT INTO leases (name, owner, until) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until"
+                " WHERE leases.owner = excluded.owner OR leases.until <= ?"
+                " RETURNING owner",
+                name,
+                owner,
+                float(now + seconds),
+                float(now),
             )
         return bool(rows)
 

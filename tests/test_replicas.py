@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,9 +18,11 @@ import openai
 import yaml
 from aiohttp.test_utils import TestServer
 
+from gateway.auth import hash_key
+from tests.conftest import StartGateway
 from tests.fakes.openai_upstream import UPSTREAM, make_openai_upstream
 from tests.servers import free_port
-from tests.support import chat_file
+from tests.support import chat_file, make_config
 
 REPO = Path(__file__).resolve().parent.parent
 INTERVAL = 0.3
@@ -134,3 +137,29 @@ async def test_two_replicas_share_work_and_survive_a_sigkill(
         assert len(starts) >= 3  # validating -> in_progress -> finalizing -> completed
         gaps = [later - earlier for earlier, later in zip(starts, starts[1:], strict=False)]
         assert all(gap >= INTERVAL * 0.85 for gap in gaps), (path, gaps)
+
+
+async def test_key_rate_limit_holds_across_replicas(
+    pg_url: str, start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    key = {
+        "name": "team",
+        "key_sha256": hash_key("k-team-rate-limited"),
+        "limits": {"requests_per_minute": 5},
+    }
+    config = make_config(
+        tmp_path, store={"url": pg_url}, auth={"keys": [key]}, poller={"enabled": False}
+    )
+    one = await start_gateway(config, api_key="k-team-rate-limited")
+    two = await start_gateway(config, api_key="k-team-rate-limited")
+    if time.time() % 60 > 55:  # keep all six hits inside one fixed one-minute window
+        await asyncio.sleep(60 - time.time() % 60)
+    answered = []
+    for gw in (one, two, one, two, one, two):
+        try:
+            await gw.client.batches.list()
+            answered.append(200)
+        except openai.RateLimitError as exc:
+            answered.append(exc.status_code)
+            assert exc.response.headers["Retry-After"]
+    assert answered == [200, 200, 200, 200, 200, 429]

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import __version__, logs, metrics, openapi
+from gateway import __version__, metrics, openapi
 from gateway.api import SERVICE, json_response
 from gateway.api import batches as batches_api
 from gateway.api import files as files_api
@@ -22,6 +22,7 @@ from gateway.blobs import open_blobs
 from gateway.config import Config, ConfigError, load_config
 from gateway.errors import error_middleware
 from gateway.limits import StoreWindow
+from gateway.observe import observe_middleware
 from gateway.poller import Poller
 from gateway.routing import Router
 from gateway.service import GatewayService
@@ -195,8 +196,7 @@ def create_app(
     auth = Authenticator(config.auth)
     app = web.Application(
         middlewares=[
-            logs.request_middleware(config.logging.access_log),
-            metrics.http_metrics_middleware,
+            observe_middleware(config.logging.access_log),
             error_middleware,
             auth.middleware(),
         ],

@@ -8,7 +8,6 @@ without passing it around.
 from __future__ import annotations
 
 import logging
-import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -71,44 +70,3 @@ def route_of(request: Any) -> str:
     """The route template (`/v1/batches/{batch_id}`), never the raw path."""
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
-
-
-def request_middleware(access_log: bool) -> Callable[..., Any]:
-    """Give each request an id (the caller's X-Request-ID, or a new one), echo it, log it."""
-    log = logging.getLogger("gateway.access")
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        incoming = request.headers.get("X-Request-ID", "")
-        ok = 0 < len(incoming) <= 128 and incoming.isascii() and incoming.isprintable()
-        rid = incoming if ok else f"req_{secrets.token_hex(12)}"
-        token = request_id.set(rid)
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            if not response.prepared:
-                response.headers["X-Request-ID"] = rid
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            exc.headers["X-Request-ID"] = rid
-            raise
-        finally:
-            if access_log:
-                log.info(
-                    "%s %s %s",
-                    request.method,
-                    route_of(request),
-                    status,
-                    extra={
-                        "method": request.method,
-                        "route": route_of(request),
-                        "status": status,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                    },
-                )
-            request_id.reset(token)
-
-    return middleware

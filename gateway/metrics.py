@@ -29,9 +29,7 @@ from prometheus_client import (
 )
 
 from gateway import __version__
-from gateway.errors import Handler
 from gateway.events import ServiceEvents
-from gateway.logs import route_of
 from gateway.store.base import BatchRecord
 from providers.base import ALL_ENDPOINTS, BATCH_STATUSES, TERMINAL_STATUSES
 
@@ -148,7 +146,7 @@ class UpstreamMetrics:
     def attempt(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
         UPSTREAM_REQUESTS.labels(provider, operation, outcome).inc()
         UPSTREAM_DURATION.labels(provider, operation).observe(seconds)
-        add_upstream_wait(seconds)
+        addupstream_wait(seconds)
 
     def retry(self, provider: str, operation: str) -> None:
         UPSTREAM_RETRIES.labels(provider, operation).inc()
@@ -204,36 +202,19 @@ def set_batch_gauges(
 
 
 # Upstream wait of the request being handled (a one-item list shared with child tasks).
-_upstream_wait: ContextVar[list[float] | None] = ContextVar("upstream_wait", default=None)
+upstream_wait: ContextVar[list[float] | None] = ContextVar("upstream_wait", default=None)
 
 
-def add_upstream_wait(seconds: float) -> None:
-    waited = _upstream_wait.get()
+def addupstream_wait(seconds: float) -> None:
+    waited = upstream_wait.get()
     if waited is not None:
         waited[0] += seconds
 
 
-@web.middleware
-async def http_metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count and time every request by its route template, never its raw path."""
-    waited = [0.0]
-    token = _upstream_wait.set(waited)
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        _upstream_wait.reset(token)
-        elapsed = time.perf_counter() - started
-        route = route_of(request)
-        HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
-        HTTP_DURATION.labels(route, request.method).observe(elapsed)
-        OVERHEAD.labels(route).observe(max(0.0, elapsed - waited[0]))
+def record_http(route: str, method: str, status: int, elapsed: float, waited: float) -> None:
+    HTTP_REQUESTS.labels(route, method, str(status)).inc()
+    HTTP_DURATION.labels(route, method).observe(elapsed)
+    OVERHEAD.labels(route).observe(max(0.0, elapsed - waited))
 
 
 def exposition() -> bytes:

@@ -1,0 +1,66 @@
+"""The one middleware for what every request reports: its id, its log line, its metrics.
+
+The request id comes from the caller's X-Request-ID (or is made here) and is
+echoed back; it lives in a ContextVar so every log line written while handling
+the request carries it. Upstream wait time is summed in another ContextVar so
+the gateway's own overhead (total minus waiting on providers) is measured.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from gateway import metrics
+from gateway.logs import Handler, request_id, route_of
+
+log = logging.getLogger("gateway.access")
+
+
+def observe_middleware(access_log: bool) -> Callable[..., Any]:
+    @web.middleware
+    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        incoming = request.headers.get("X-Request-ID", "")
+        ok = 0 < len(incoming) <= 128 and incoming.isascii() and incoming.isprintable()
+        rid = incoming if ok else f"req_{secrets.token_hex(12)}"
+        rid_token = request_id.set(rid)
+        waited = [0.0]
+        wait_token = metrics.upstream_wait.set(waited)
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            if not response.prepared:
+                response.headers["X-Request-ID"] = rid
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            exc.headers["X-Request-ID"] = rid
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            route = route_of(request)
+            metrics.record_http(route, request.method, status, elapsed, waited[0])
+            if access_log:
+                log.info(
+                    "%s %s %s",
+                    request.method,
+                    route,
+                    status,
+                    extra={
+                        "method": request.method,
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 3),
+                    },
+                )
+            metrics.upstream_wait.reset(wait_token)
+            request_id.reset(rid_token)
+
+    return observe

@@ -9,10 +9,11 @@ import signal
 from collections.abc import AsyncIterator
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
-from gateway import __version__, logs, metrics
+from gateway import __version__, logs, metrics, openapi
 from gateway.api import SERVICE, json_response
 from gateway.api import batches as batches_api
 from gateway.api import files as files_api
@@ -38,6 +39,11 @@ _RETIRED = web.AppKey("retired", list[Provider])
 PRIMARY = web.AppKey("primary", bool)
 AUTH = web.AppKey("auth", Authenticator)
 POLLER = web.AppKey("poller", Poller)
+
+# Passed to aiohttp's server (run_app and the tests): request lines up to 16 KiB reach
+# the handlers, so an over-long id gets the JSON error envelope rather than aiohttp's
+# plain-text 400.
+SERVER_ARGS: dict[str, Any] = {"max_line_size": 16 * 1024, "max_field_size": 16 * 1024}
 
 # How long replaced providers stay open for calls that were already running.
 RELOAD_GRACE_SECONDS = 120.0
@@ -167,6 +173,10 @@ async def ready(request: web.Request) -> web.Response:
     return json_response({"status": "ok", "providers": providers, "pid": os.getpid()})
 
 
+async def openapi_json(request: web.Request) -> web.Response:
+    return json_response(openapi.document())
+
+
 def create_app(
     config: Config, *, config_path: Path | None = None, primary: bool = True
 ) -> web.Application:
@@ -195,4 +205,5 @@ def create_app(
     app.router.add_get("/health/live", live)
     app.router.add_get("/health/ready", ready)
     app.router.add_get("/metrics", metrics.metrics_handler)
+    app.router.add_get("/openapi.json", openapi_json)
     return app

@@ -6,9 +6,13 @@ been fully validated, so a rejected or interrupted upload never leaves a blob.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from pathlib import Path
 from typing import IO
+
+STALE_PART_SECONDS = 3600.0
 
 
 class BlobWriter:
@@ -34,9 +38,13 @@ class LocalBlobs:
         self.directory = directory
         self._tmp = directory / "tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
-        # Leftovers of a process that died mid-upload.
+        # Leftovers of a process that died mid-upload; recent ones may be another
+        # worker's upload in progress.
+        cutoff = time.time() - STALE_PART_SECONDS
         for stale in self._tmp.iterdir():
-            stale.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                if stale.stat().st_mtime < cutoff:
+                    stale.unlink()
 
     def path(self, key: str) -> Path:
         return self.directory / key

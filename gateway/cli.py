@@ -32,19 +32,24 @@ def serve(args: argparse.Namespace) -> int:
         return supervise(args.workers, sys.argv[1:])
     from aiohttp import web
 
-    from gateway.app import create_app
+    from gateway.app import SERVER_ARGS, create_app
+    from gateway.auth import exposure_warning
 
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     log = logging.getLogger("gateway")
     if args.worker_index:
         log.info("worker %d: the poller runs in worker 0 only", args.worker_index)
+    elif warning := exposure_warning(host, config.auth):
+        banner = "!" * 78
+        log.warning("\n%s\n%s\n%s", banner, warning, banner)
     web.run_app(
         create_app(config, config_path=Path(args.config).resolve(), primary=args.worker_index == 0),
         host=host,
         port=port,
         access_log=None,
         reuse_port=args.reuse_port,
+        **SERVER_ARGS,
         print=lambda _: log.info("listening on http://%s:%s", host, port),
     )
     return 0

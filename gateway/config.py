@@ -50,12 +50,23 @@ class BlobsConfig(_Model):
     dir: Path = Path("./data/files")
 
 
+class KeyLimits(_Model):
+    """Per-key quotas; None means unlimited."""
+
+    requests_per_minute: int | None = Field(None, ge=1)
+    max_active_batches: int | None = Field(None, ge=1)
+    max_bytes_stored: int | None = Field(None, ge=1)
+
+
 class KeyConfig(_Model):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
     key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     # May this key pick a provider itself with the X-Batch-Provider header?
     allow_provider_header: bool = False
     webhook: str | None = None
+    limits: KeyLimits = KeyLimits()
+    # The providers this key's batches may run on (None: any).
+    providers: tuple[str, ...] | None = None
 
 
 class AuthConfig(_Model):
@@ -63,6 +74,17 @@ class AuthConfig(_Model):
     keys: tuple[KeyConfig, ...] = ()
     # For the open (keyless) tenant: whether X-Batch-Provider is honoured.
     allow_provider_header: bool = False
+    # An operator key that may list and retrieve any tenant's objects (read-only).
+    admin_key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("keys")
+    @classmethod
+    def _unique(cls, keys: tuple[KeyConfig, ...]) -> tuple[KeyConfig, ...]:
+        names = [k.name for k in keys]
+        hashes = [k.key_sha256 for k in keys]
+        if len(set(names)) != len(names) or len(set(hashes)) != len(hashes):
+            raise ValueError("key names and key hashes must be unique")
+        return keys
 
 
 class WebhookConfig(_Model):
@@ -88,12 +110,18 @@ class PollerConfig(_Model):
     # A create still pending after this long belongs to a process that died.
     pending_grace_seconds: float = Field(120.0, ge=0)
     webhook_interval_seconds: float = Field(1.0, gt=0)
+    # How often expired files (rows and blobs) are removed.
+    sweep_interval_seconds: float = Field(60.0, gt=0)
 
 
 class LimitsConfig(_Model):
     max_file_bytes: int = Field(200 * 1024 * 1024, ge=1)
     max_file_lines: int = Field(50_000, ge=1)
     max_line_bytes: int = Field(50 * 1024 * 1024, ge=1)
+    # JSON request bodies (POST /v1/batches); uploads are bounded by max_file_bytes.
+    max_request_bytes: int = Field(1024 * 1024, ge=1024)
+    # A request body that sends nothing for this long is answered 408 and closed.
+    upload_idle_seconds: float = Field(30.0, gt=0)
 
 
 Endpoint = Literal[ALL_ENDPOINTS]  # type: ignore[valid-type]
@@ -347,6 +375,9 @@ def _check_references(config: Config, providers: dict[str, Any]) -> None:
     for i, key in enumerate(config.auth.keys):
         if key.webhook is not None and key.webhook not in config.webhooks:
             problems.append(f"auth.keys.{i}.webhook: unknown webhook {key.webhook!r}")
+        for j, name in enumerate(key.providers or ()):
+            if name not in providers:
+                problems.append(f"auth.keys.{i}.providers.{j}: unknown provider {name!r}")
     if problems:
         raise ConfigError("config is invalid:\n" + "\n".join(f"  {p}" for p in problems))
 

@@ -3,24 +3,31 @@
     APIError                      (status, type, code) -> OpenAI error envelope
       InvalidRequest    400 invalid_request_error
       Unauthorized      401 invalid_request_error / invalid_api_key
+      PermissionDenied  403 permission_error
       NotFound          404 invalid_request_error
       MethodNotAllowed  405 invalid_request_error
+      RequestTimeout    408 invalid_request_error (the connection is closed after it)
+      Conflict          409 invalid_request_error (x-should-retry: false)
       PayloadTooLarge   413 invalid_request_error
       UnsupportedMedia  415 invalid_request_error
-      RateLimited       429 rate_limit_exceeded
+      RateLimited       429 rate_limit_exceeded (Retry-After)
+      QuotaExceeded     429 insufficient_quota (x-should-retry: false)
       UpstreamError     502/503/504 upstream_error (no provider key, URL or id inside)
       InternalError     500 server_error
 
-Handlers raise; only `error_middleware` builds bodies.
+Handlers raise; only `error_middleware` builds bodies. Messages never carry the
+Authorization header, a provider key or an upstream URL.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from gateway.logs import request_id
 from providers.base import ProviderError
 
 log = logging.getLogger("gateway.errors")
@@ -68,6 +75,12 @@ class Unauthorized(APIError):
     code = "invalid_api_key"
 
 
+class PermissionDenied(APIError):
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
 class NotFound(APIError):
     status = 404
     type = "invalid_request_error"
@@ -77,6 +90,20 @@ class MethodNotAllowed(APIError):
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
+
+
+class RequestTimeout(APIError):
+    """The client stopped sending its body; answered, then the connection is dropped."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class Conflict(APIError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
 
 
 class PayloadTooLarge(APIError):
@@ -95,6 +122,22 @@ class RateLimited(APIError):
     status = 429
     type = "rate_limit_exceeded"
     code = "rate_limit_exceeded"
+
+
+def rate_limited(retry_after: float) -> RateLimited:
+    seconds = max(1, math.ceil(retry_after))
+    return RateLimited(
+        f"Too many requests for this key; retry after {seconds} seconds.",
+        headers={"Retry-After": str(seconds)},
+    )
+
+
+class QuotaExceeded(APIError):
+    """A standing quota (active batches, stored bytes): retrying soon will not help."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
 
 
 class UpstreamError(APIError):
@@ -144,21 +187,56 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         error = _from_http(exc, request)
     except Exception as exc:  # the last line of defence: never a stack trace to a client
-        log.error("unhandled error on %s %s: %s", request.method, request.path, type(exc).__name__)
+        if _client_gone(request):
+            # The caller hung up mid-request (e.g. during an upload): nobody to answer.
+            log.info("client disconnected during %s %s", request.method, _safe_path(request))
+            return web.Response(status=499)
+        log.error(
+            "unhandled error on %s %s: %s", request.method, _safe_path(request), type(exc).__name__
+        )
         error = InternalError("The gateway had an internal error; it has been logged.")
     headers = dict(error.headers)
-    if error.status == 409:
+    if error.status == 409 or isinstance(error, QuotaExceeded):
         headers["x-should-retry"] = "false"
-    return web.json_response(error.body(), status=error.status, headers=headers)
+    response = web.json_response(error.body(), status=error.status, headers=headers)
+    if isinstance(error, RequestTimeout):
+        await _answer_and_close(request, response)
+    return response
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _safe_path(request: web.Request) -> str:
+    """The route's pattern, not the raw path: hostile ids stay out of log lines."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "<unmatched>"
+
+
+async def _answer_and_close(request: web.Request, response: web.Response) -> None:
+    """Send the answer now and drop the connection, so a stalled client holds no slot.
+
+    Without this, aiohttp would keep reading ("lingering") the unsent body for seconds.
+    """
+    if (rid := request_id.get()) is not None:
+        response.headers["X-Request-ID"] = rid
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
 
 
 def _from_http(exc: web.HTTPException, request: web.Request) -> APIError:
+    path = request.path if len(request.path) <= 200 else f"{request.path[:200]}..."
     if exc.status == 404:
-        return NotFound(
-            f"Unknown request URL: {request.method} {request.path}.", code="unknown_url"
-        )
+        return NotFound(f"Unknown request URL: {request.method} {path}.", code="unknown_url")
     if exc.status == 405:
-        return MethodNotAllowed(f"Method {request.method} is not allowed for {request.path}.")
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return MethodNotAllowed(
+            f"Method {request.method} is not allowed for {path}.", headers=allow
+        )
     if exc.status == 413:
         return PayloadTooLarge("The request body is too large.")
     err = InvalidRequest(exc.reason or "Bad request.")

@@ -7,7 +7,7 @@ import secrets
 import string
 
 _ALPHABET = string.ascii_letters + string.digits
-_ID = re.compile(r"^(file-|batch_)[A-Za-z0-9]{24}$")
+_ID = re.compile(r"(file-|batch_)[A-Za-z0-9]{24}")
 
 
 def _random(n: int = 24) -> str:
@@ -24,4 +24,5 @@ def new_batch_id() -> str:
 
 def looks_valid(value: str) -> bool:
     """Cheap shape check so hostile ids never reach the store or a log line."""
-    return bool(_ID.match(value))
+    # fullmatch, not match with `$`: `$` also matches before a trailing newline.
+    return _ID.fullmatch(value) is not None

@@ -11,16 +11,15 @@ import logging
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from gateway.errors import Handler
-
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # LogRecord attributes that are not "extra" fields given by the caller.
 _STANDARD = frozenset(

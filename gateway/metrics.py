@@ -30,8 +30,8 @@ from prometheus_client import (
 
 from gateway import __version__
 from gateway.errors import Handler
+from gateway.events import ServiceEvents
 from gateway.logs import route_of
-from gateway.service import ServiceEvents
 from gateway.store.base import BatchRecord
 from providers.base import ALL_ENDPOINTS, BATCH_STATUSES, TERMINAL_STATUSES
 

@@ -2,8 +2,8 @@
 
 One loop per provider: a slow provider only delays its own sweeps. Each sweep
 refreshes that provider's non-terminal batches with bounded concurrency, then
-sleeps the interval with jitter. The same task settles stale pending creates and
-sends due webhooks.
+sleeps the interval with jitter. The same task settles stale pending creates,
+sends due webhooks and, every `sweep_interval_seconds`, removes expired files.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class Poller:
         self.config = config
         self.webhooks = webhooks
         self._loops: dict[str, asyncio.Task[None]] = {}
+        self._next_sweep = 0.0
 
     async def sweep_provider(self, name: str) -> int:
         """Refresh every active batch of one provider; returns how many were refreshed."""
@@ -98,6 +99,9 @@ class Poller:
                 if time.monotonic() >= gauges_due:
                     await self.refresh_gauges()
                     gauges_due = time.monotonic() + self.config.interval_seconds
+                if time.monotonic() >= self._next_sweep:
+                    self._next_sweep = time.monotonic() + self.config.sweep_interval_seconds
+                    await self.service.sweep_expired()
             except Exception as exc:
                 log.error("poller: housekeeping failed: %s", type(exc).__name__)
             await asyncio.sleep(self.config.webhook_interval_seconds)

@@ -5,6 +5,11 @@ targets give the first choice (a seeded draw, so tests are reproducible); the
 rule's other targets and its `fallback:` list follow. A provider is usable when
 it is enabled, supports the endpoint and its circuit breaker lets calls through.
 `default` (with `default_fallback`) is the last resort.
+
+A key's `providers:` allow-list drops the candidates it may not use, everywhere
+(rules, header, default). When providers exist for the request but the key may
+use none of them, the answer is 403 (the request is fine, the key lacks the
+right), not the 400 for an endpoint nobody serves.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from fnmatch import fnmatchcase
 from typing import Protocol
 
 from gateway.config import Config, Route, Target
-from gateway.errors import InvalidRequest, UpstreamError
+from gateway.errors import InvalidRequest, PermissionDenied, UpstreamError
 
 PROVIDER_HEADER = "X-Batch-Provider"
 
@@ -35,6 +40,11 @@ class RouteRequest:
     tenant: str
     # The X-Batch-Provider header, already dropped when the caller may not use it.
     provider_header: str | None = None
+    # The caller's key's provider allow-list (None: any provider).
+    allowed: frozenset[str] | None = None
+
+    def may_use(self, provider: str) -> bool:
+        return self.allowed is None or provider in self.allowed
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +77,13 @@ def weighted_order(targets: Sequence[Target], rng: random.Random) -> list[str]:
     return [first.provider, *(t.provider for t in rest)]
 
 
+def _not_allowed(endpoint: str) -> PermissionDenied:
+    return PermissionDenied(
+        f"Your API key may not use any provider that accepts batches for {endpoint}.",
+        code="provider_not_allowed",
+    )
+
+
 class Router:
     def __init__(self, config: Config, providers: Mapping[str, Routable]) -> None:
         self._config = config
@@ -87,6 +104,15 @@ class Router:
     def choose(self, request: RouteRequest) -> Decision:
         endpoint = request.endpoint
         header = request.provider_header
+        denied = False
+
+        def permitted(names: Iterable[str]) -> tuple[str, ...]:
+            nonlocal denied
+            usable = self._candidates(names, endpoint)
+            kept = tuple(n for n in usable if request.may_use(n))
+            denied = denied or (bool(usable) and not kept)
+            return kept
+
         if header is not None and not any(r.match.provider_header for r in self._config.routes):
             # With no rule about the header, an allowed header names the provider directly.
             if not self.usable(header, endpoint):
@@ -95,16 +121,20 @@ class Router:
                     param=PROVIDER_HEADER,
                     code="unknown_provider",
                 )
+            if not permitted((header,)):
+                raise _not_allowed(endpoint)
             return self._decide((header,), "header", None)
         for i, route in enumerate(self._config.routes):
             if not matches(route, request):
                 continue
             names = [*weighted_order(route.to, self._rng), *route.fallback]
-            if candidates := self._candidates(names, endpoint):
+            if candidates := permitted(names):
                 return self._decide(candidates, f"routes[{i}]", route.webhook)
         names = [self._config.default, *self._config.default_fallback]
-        if candidates := self._candidates(names, endpoint):
+        if candidates := permitted(names):
             return self._decide(candidates, "default", None)
+        if denied:
+            raise _not_allowed(endpoint)
         raise InvalidRequest(
             f"No configured provider accepts batches for endpoint {endpoint}.",
             param="endpoint",

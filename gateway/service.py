@@ -1,4 +1,6 @@
-"""The use cases: upload, create, retrieve, list, cancel, content. No HTTP in here.
+"""The batch use cases: create, retrieve, list, cancel, refresh. No HTTP in here.
+
+The file use cases (upload, content, delete, expiry) live in `file_service`.
 
 Provider ids stop at this module: everything returned is keyed by gateway ids,
 and `_normalize` is the one place an upstream batch becomes a public object.
@@ -7,11 +9,11 @@ and `_normalize` is the one place an upstream batch becomes a public object.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -19,18 +21,18 @@ import orjson
 
 from gateway import ids
 from gateway.blobs import LocalBlobs
-from gateway.config import Config
-from gateway.errors import InvalidRequest, NotFound, PayloadTooLarge
-from gateway.jsonl import JSONLError, JSONLValidator, TooLarge
+from gateway.config import Config, KeyConfig
+from gateway.errors import InvalidRequest, QuotaExceeded
+from gateway.events import ServiceEvents
+from gateway.file_service import FileUseCases, no_such
 from gateway.routing import Router, RouteRequest
 from gateway.store import BatchRecord, FileRecord, Page, Store
 from gateway.store.base import UnknownCursor
-from gateway.wire import CreateBatchBody, ExpiresAfter, new_batch_object
+from gateway.wire import CreateBatchBody, new_batch_object
 from providers.base import (
     TERMINAL_STATUSES,
     TIMESTAMP_FIELDS,
     BatchRequest,
-    ByteStream,
     InputFile,
     Provider,
     ProviderError,
@@ -39,7 +41,6 @@ from providers.base import (
 
 log = logging.getLogger("gateway.service")
 
-BATCH_FILE_TTL = 30 * 86_400  # OpenAI's default expiry for purpose=batch uploads
 _CANCEL_PENDING = frozenset({"validating", "in_progress", "finalizing"})
 
 
@@ -52,25 +53,6 @@ INTERRUPTED = {
 }
 
 
-class ServiceEvents:
-    """What the service reports as it works (metrics subclass this)."""
-
-    def routed(self, rule: str, provider: str) -> None:
-        return None
-
-    def created(self, provider: str, endpoint: str) -> None:
-        return None
-
-    def fallback(self, from_provider: str, to_provider: str, reason: str) -> None:
-        return None
-
-    def terminal(self, record: BatchRecord) -> None:
-        return None
-
-    def file_bytes(self, direction: str, size: int) -> None:
-        return None
-
-
 @dataclass(slots=True)
 class BatchView:
     object: dict[str, Any]
@@ -78,12 +60,7 @@ class BatchView:
     stale: bool = False
 
 
-def _no_such(kind: str, object_id: str, param: str | None = None) -> NotFound:
-    shown = object_id if ids.looks_valid(object_id) else "that id"
-    return NotFound(f"No such {kind}: {shown}", param=param, code=None)
-
-
-class GatewayService:
+class GatewayService(FileUseCases):
     def __init__(
         self,
         store: Store,
@@ -97,6 +74,8 @@ class GatewayService:
         self.blobs = blobs
         self.events = events or ServiceEvents()
         self._refreshing: dict[str, asyncio.Future[BatchView]] = {}
+        # Serializes "count active batches, then insert" per tenant (one process).
+        self._admission: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.reconfigure(config, providers, router)
 
     def reconfigure(
@@ -109,111 +88,12 @@ class GatewayService:
         self.router = router
         self._keys = {key.name: key for key in config.auth.keys}
 
-    # files
-
-    async def upload(
-        self,
-        tenant: str,
-        filename: str,
-        chunks: AsyncIterator[bytes],
-        expires_after: ExpiresAfter | None = None,
-    ) -> FileRecord:
-        """Stream an input file to a blob while validating it; all or nothing."""
-        file_id = ids.new_file_id()
-        validator = JSONLValidator(
-            max_bytes=self.limits.max_file_bytes,
-            max_lines=self.limits.max_file_lines,
-            max_line_bytes=self.limits.max_line_bytes,
-        )
-        digest = hashlib.sha256()
-        size = 0
-        writer = self.blobs.writer(file_id)
-        try:
-            async for chunk in chunks:
-                validator.feed(chunk)
-                digest.update(chunk)
-                writer.write(chunk)
-                size += len(chunk)
-            summary = validator.finish()
-        except JSONLError as exc:
-            writer.abort()
-            raise InvalidRequest(
-                f"Invalid batch input file. {exc}", param="file", code="invalid_file"
-            ) from None
-        except TooLarge as exc:
-            writer.abort()
-            raise PayloadTooLarge(str(exc), param="file") from None
-        except BaseException:
-            writer.abort()
-            raise
-        now = int(time.time())
-        ttl = expires_after.seconds if expires_after else BATCH_FILE_TTL
-        record = FileRecord(
-            id=file_id,
-            tenant=tenant,
-            purpose="batch",
-            filename=filename,
-            bytes=size,
-            created_at=now,
-            expires_at=now + ttl,
-            sha256=digest.hexdigest(),
-            line_count=summary.line_count,
-            endpoint=summary.endpoint,
-            models=summary.models,
-            blob=file_id,
-        )
-        writer.commit()
-        try:
-            await self.store.insert_file(record)
-        except BaseException:
-            self.blobs.delete(file_id)
-            raise
-        self.events.file_bytes("upload", size)
-        return record
-
-    async def get_file(self, tenant: str, file_id: str) -> FileRecord:
-        record = await self.store.get_file(file_id, tenant)
-        if record is None:
-            raise _no_such("File", file_id, "file_id")
-        return record
-
-    async def list_files(
-        self, tenant: str, *, purpose: str | None, after: str | None, limit: int, order: str
-    ) -> Page[FileRecord]:
-        try:
-            return await self.store.list_files(
-                tenant, purpose=purpose, after=after, limit=limit, order=order
-            )
-        except UnknownCursor:
-            raise InvalidRequest("'after' does not name a file of yours.", param="after") from None
-
-    async def delete_file(self, tenant: str, file_id: str) -> None:
-        record = await self.get_file(tenant, file_id)
-        await self.store.delete_file(record.id)
-        if record.blob:
-            self.blobs.delete(record.blob)
-
-    async def open_content(self, tenant: str, file_id: str) -> FileRecord | ByteStream:
-        """A local file record (served from its blob) or an upstream byte stream."""
-        record = await self.get_file(tenant, file_id)
-        if record.blob:
-            return record
-        provider = self.providers.get(record.provider or "")
-        if provider is None or record.upstream_id is None:
-            raise InvalidRequest(
-                "The provider holding this file is not configured any more.",
-                code="provider_unavailable",
-            )
-        return provider.open_file_content(record.upstream_id)
-
     # batches
 
     async def create_batch(
         self, tenant: str, body: CreateBatchBody, *, provider_header: str | None = None
     ) -> dict[str, Any]:
-        file = await self.store.get_file(body.input_file_id, tenant)
-        if file is None:
-            raise _no_such("File", body.input_file_id, "input_file_id")
+        file = await self.get_file(tenant, body.input_file_id, "input_file_id")
         if file.purpose != "batch" or file.blob is None:
             raise InvalidRequest("The input file must have purpose 'batch'.", param="input_file_id")
         if file.endpoint != body.endpoint:
@@ -224,6 +104,7 @@ class GatewayService:
             )
         key = self._keys.get(tenant)
         may_pick = key.allow_provider_header if key else self.config.auth.allow_provider_header
+        allowed = frozenset(key.providers) if key and key.providers is not None else None
         decision = self.router.choose(
             RouteRequest(
                 endpoint=body.endpoint,
@@ -231,6 +112,7 @@ class GatewayService:
                 metadata=body.metadata or {},
                 tenant=tenant,
                 provider_header=provider_header if may_pick else None,
+                allowed=allowed,
             )
         )
         now = int(time.time())
@@ -256,7 +138,9 @@ class GatewayService:
             gateway_batch_id=batch_id,
         )
         # Written before the upstream call, so a crash in between leaves a visible pending row.
-        await self.store.insert_batch(record)
+        async with self._admission[tenant]:
+            await self._check_active_quota(key)
+            await self.store.insert_batch(record)
         try:
             upstream = await self._create_upstream(record, file, request, decision.providers)
         except BaseException:
@@ -338,6 +222,8 @@ class GatewayService:
         self, tenant: str, *, after: str | None, limit: int
     ) -> Page[BatchRecord]:
         try:
+            if after is not None and not ids.looks_valid(after):
+                raise UnknownCursor(after)
             return await self.store.list_batches(tenant, after=after, limit=limit)
         except UnknownCursor:
             raise InvalidRequest("'after' does not name a batch of yours.", param="after") from None
@@ -434,10 +320,20 @@ class GatewayService:
 
     # internals
 
+    async def _check_active_quota(self, key: KeyConfig | None) -> None:
+        limit = key.limits.max_active_batches if key else None
+        if key is not None and limit is not None:
+            if await self.store.count_active_batches(key.name) >= limit:
+                raise QuotaExceeded(
+                    f"This key already has {limit} active batches, its limit; wait for one "
+                    "to end or cancel one.",
+                    code="active_batch_limit_exceeded",
+                )
+
     async def _batch(self, tenant: str, batch_id: str) -> BatchRecord:
-        record = await self.store.get_batch(batch_id, tenant)
+        record = await self.store.get_batch(batch_id, tenant) if ids.looks_valid(batch_id) else None
         if record is None:
-            raise _no_such("Batch", batch_id, "batch_id")
+            raise no_such("Batch", batch_id, "batch_id")
         return record
 
     def _provider(self, record: BatchRecord) -> Provider:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,11 +15,27 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.api import SERVICE
-from gateway.app import create_app
+from gateway.app import SERVER_ARGS, create_app
 from gateway.config import Config
 from gateway.errors import Handler
 from gateway.service import GatewayService
+from tests.leakscan import SCAN, CollectingHandler
 from tests.support import make_config
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    root = logging.getLogger()
+    root.addHandler(CollectingHandler(SCAN))
+    root.setLevel(min(root.level or logging.INFO, logging.INFO))
+    for name in ("gateway", "providers"):
+        logging.getLogger(name).setLevel(logging.DEBUG)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Backstop for the scan test: a leak anywhere in the session fails the run."""
+    if leaks := SCAN.leaks():
+        print("\nSECRET LEAKS:\n" + "\n".join(leaks[:20]))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @dataclass
@@ -50,8 +67,11 @@ def _recorder(bodies: list[bytes]) -> Any:
     @web.middleware
     async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
+        where = f"response to {request.method} {request.path[:100]}"
+        SCAN.saw(where, "\n".join(f"{k}: {v}" for k, v in response.headers.items()))
         if isinstance(response, web.Response) and isinstance(response.body, bytes):
             bodies.append(response.body)
+            SCAN.saw(where, response.body.decode(errors="replace"))
         return response
 
     return record
@@ -67,10 +87,11 @@ async def start_gateway(
         config: Config | None = None, *, api_key: str = "test-key", config_path: Path | None = None
     ) -> Gateway:
         config = config or make_config(tmp_path)
+        SCAN.register_config(config, api_key)
         app = create_app(config, config_path=config_path)
         bodies: list[bytes] = []
         app.middlewares.insert(0, _recorder(bodies))
-        server = await aiohttp_server(app)
+        server = await aiohttp_server(app, **SERVER_ARGS)
         gw = Gateway(
             config=config,
             server=server,

@@ -255,13 +255,6 @@ async def prometheus_and_gateway(
         base_url=f"http://127.0.0.1:{gateway_port}/v1", api_key="local", max_retries=0
     )
     try:
-        if request.param > 1:
-            # Workers opening a fresh SQLite file at once race in its migrations (reported;
-            # the store rework re-reads applied versions under the write lock). This test is
-            # about metrics, so one process creates the schema first.
-            first = await spawn("gateway", *serve)
-            await wait_http(http, gateway_ready, first, "gateway")
-            await stop(first)
         workers = ["--workers", str(request.param)] if request.param > 1 else []
         gateway = await spawn("gateway", *serve, *workers)
         prometheus = await spawn(

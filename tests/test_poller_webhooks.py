@@ -20,6 +20,7 @@ from tests.support import chat_file, make_config
 Servers = Callable[..., Awaitable[TestServer]]
 FAST_POLLER = {"interval_seconds": 0.05, "jitter": 0.2, "webhook_interval_seconds": 0.05}
 SECRET = "whsec-test-123"
+UPSTREAM_KEY = "sk-poller-upstream-key"
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
@@ -35,7 +36,7 @@ async def statuses(gw: Gateway) -> dict[str, str]:
 
 
 def remote(server: TestServer) -> dict[str, Any]:
-    return {"type": "openai", "base_url": str(server.make_url("/v1")), "api_key": "k"}
+    return {"type": "openai", "base_url": str(server.make_url("/v1")), "api_key": UPSTREAM_KEY}
 
 
 async def create(gw: Gateway) -> str:
@@ -49,7 +50,7 @@ async def create(gw: Gateway) -> str:
 async def test_poller_finishes_batches_without_any_client_retrieve(
     start_gateway: StartGateway, aiohttp_server: Servers, tmp_path: Path
 ) -> None:
-    server = await aiohttp_server(make_openai_upstream("k"))
+    server = await aiohttp_server(make_openai_upstream(UPSTREAM_KEY))
     config = make_config(
         tmp_path, providers={"up": remote(server)}, default="up", poller=FAST_POLLER
     )
@@ -72,8 +73,8 @@ async def test_poller_finishes_batches_without_any_client_retrieve(
 async def test_a_slow_provider_does_not_hold_up_the_others(
     start_gateway: StartGateway, aiohttp_server: Servers, tmp_path: Path
 ) -> None:
-    slow = await aiohttp_server(make_openai_upstream("k"))
-    fast = await aiohttp_server(make_openai_upstream("k"))
+    slow = await aiohttp_server(make_openai_upstream(UPSTREAM_KEY))
+    fast = await aiohttp_server(make_openai_upstream(UPSTREAM_KEY))
     config = make_config(
         tmp_path,
         providers={"slow": remote(slow), "fast": remote(fast)},

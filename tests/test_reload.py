@@ -25,6 +25,7 @@ from tests.fakes.openai_upstream import UPSTREAM, make_openai_upstream
 from tests.support import chat_file
 from tests.test_cli_demo import free_port, wait_ready
 
+UPSTREAM_KEY = "sk-reload-upstream-key"
 BASE = {
     "store": {"url": "sqlite:///./gw.db"},
     "blobs": {"dir": "./files"},
@@ -44,8 +45,8 @@ async def test_reload_swaps_providers_and_keeps_in_flight_requests(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    upstream = await aiohttp_server(make_openai_upstream("k"))
-    slow = {"type": "openai", "base_url": str(upstream.make_url("/v1")), "api_key": "k"}
+    upstream = await aiohttp_server(make_openai_upstream(UPSTREAM_KEY))
+    slow = {"type": "openai", "base_url": str(upstream.make_url("/v1")), "api_key": UPSTREAM_KEY}
     path = tmp_path / "config.yaml"
     write(path, {**BASE, "providers": {"slow": slow}, "default": "slow"})
     from gateway.config import load_config

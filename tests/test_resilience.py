@@ -21,7 +21,7 @@ from tests.fakes.openai_upstream import UPSTREAM, FakeOpenAIState, make_openai_u
 from tests.support import chat_file, make_config
 from tests.test_flow_sdk import wait_terminal
 
-KEY = "sk-up"
+KEY = "sk-up-resilience-key"
 Servers = Callable[..., Awaitable[TestServer]]
 
 

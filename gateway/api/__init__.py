@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMedia
 from gateway.service import GatewayService
+
+T = TypeVar("T")
 
 SERVICE = web.AppKey("service", GatewayService)
 
@@ -23,6 +27,43 @@ def json_response(
 
 def service(request: web.Request) -> GatewayService:
     return request.app[SERVICE]
+
+
+async def idle_limited(read: Awaitable[T], seconds: float) -> T:
+    """One read of the request body; a client that sends nothing for `seconds` gets 408.
+
+    aiohttp has no per-read timeout, so without this a slow client holds a
+    handler (and a partly written blob) for as long as it likes.
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            return await read
+    except TimeoutError:
+        raise RequestTimeout(
+            f"The request body stalled for more than {seconds:g} seconds."
+        ) from None
+
+
+async def read_json(request: web.Request) -> Any:
+    """The JSON body, refused with 413 past `limits.max_request_bytes` while it streams in."""
+    if request.content_type != "application/json":
+        raise UnsupportedMedia("Send the request body as application/json.")
+    limits = service(request).limits
+    too_large = PayloadTooLarge(
+        f"The request body is larger than {limits.max_request_bytes} bytes.",
+        code="request_too_large",
+    )
+    if (request.content_length or 0) > limits.max_request_bytes:
+        raise too_large
+    data = bytearray()
+    while chunk := await idle_limited(request.content.readany(), limits.upload_idle_seconds):
+        data += chunk
+        if len(data) > limits.max_request_bytes:
+            raise too_large
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("We could not parse the JSON body of your request.") from None
 
 
 def int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from gateway.api import cursor_param, int_param, json_response, service
+from gateway.api import cursor_param, int_param, json_response, read_json, service
 from gateway.auth import tenant_of
-from gateway.errors import InvalidRequest, UnsupportedMedia
+from gateway.errors import InvalidRequest
 from gateway.routing import PROVIDER_HEADER
 from gateway.wire import CreateBatchBody, list_object
 
@@ -27,12 +26,7 @@ def _validation_error(exc: ValidationError) -> InvalidRequest:
 
 
 async def create(request: web.Request) -> web.Response:
-    if request.content_type != "application/json":
-        raise UnsupportedMedia("Send the request body as application/json.")
-    try:
-        data = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise InvalidRequest("We could not parse the JSON body of your request.") from None
+    data = await read_json(request)
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     try:

@@ -4,24 +4,35 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
-from gateway.api import choice_param, cursor_param, int_param, json_response, service
+from gateway.api import (
+    choice_param,
+    cursor_param,
+    idle_limited,
+    int_param,
+    json_response,
+    service,
+)
 from gateway.auth import tenant_of
-from gateway.errors import InvalidRequest, UnsupportedMedia
+from gateway.errors import InvalidRequest, PayloadTooLarge, UnsupportedMedia
 from gateway.store import FileRecord
 from gateway.wire import ExpiresAfter, file_list, file_object
 
 CHUNK = 256 * 1024
 MAX_FIELD = 1024
+MAX_PARTS = 8
+# Room for the multipart framing and the small text fields around the file.
+FORM_OVERHEAD = 64 * 1024
 UPLOAD_PURPOSES = ("batch",)
 ALL_PURPOSES = ("batch", "batch_output")
 
 
-async def _text(part: BodyPartReader) -> str:
+async def _text(part: BodyPartReader, idle: float) -> str:
     data = bytearray()
-    while chunk := await part.read_chunk(MAX_FIELD):
+    while chunk := await idle_limited(part.read_chunk(MAX_FIELD), idle):
         data += chunk
         if len(data) > MAX_FIELD:
             raise InvalidRequest(f"The form field '{part.name}' is too long.", param=part.name)
@@ -33,9 +44,26 @@ async def _text(part: BodyPartReader) -> str:
         ) from None
 
 
-async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
-    while chunk := await part.read_chunk(CHUNK):
-        yield bytes(chunk)
+async def _chunks(part: BodyPartReader, idle: float) -> AsyncIterator[bytes]:
+    try:
+        while chunk := await idle_limited(part.read_chunk(CHUNK), idle):
+            yield bytes(chunk)
+    except (ValueError, HttpProcessingError):  # broken multipart framing or part headers
+        raise _malformed() from None
+
+
+def _malformed() -> InvalidRequest:
+    return InvalidRequest("The multipart/form-data body is malformed.", code="invalid_multipart")
+
+
+async def _next_part(reader: MultipartReader, idle: float) -> BodyPartReader | None:
+    try:
+        part = await idle_limited(reader.next(), idle)
+    except (ValueError, HttpProcessingError):
+        raise _malformed() from None
+    if part is not None and not isinstance(part, BodyPartReader):
+        raise InvalidRequest("Nested multipart bodies are not supported.")
+    return part
 
 
 def _expires_after(fields: dict[str, str]) -> ExpiresAfter | None:
@@ -58,13 +86,24 @@ async def upload(request: web.Request) -> web.Response:
         )
     tenant = tenant_of(request)
     svc = service(request)
-    reader = await request.multipart()
+    idle = svc.limits.upload_idle_seconds
+    if (request.content_length or 0) > svc.limits.max_file_bytes + FORM_OVERHEAD:
+        raise PayloadTooLarge(
+            f"The file is larger than the limit of {svc.limits.max_file_bytes} bytes.",
+            param="file",
+        )
+    try:
+        reader = await request.multipart()
+    except ValueError:  # no boundary in the Content-Type
+        raise _malformed() from None
     fields: dict[str, str] = {}
     record: FileRecord | None = None
+    parts = 0
     try:
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                raise InvalidRequest("Nested multipart bodies are not supported.")
+        while (part := await _next_part(reader, idle)) is not None:
+            parts += 1
+            if parts > MAX_PARTS:
+                raise InvalidRequest(f"A file upload has at most {MAX_PARTS} form parts.")
             if part.name == "file" and part.filename is not None:
                 if record is not None:
                     raise InvalidRequest("Send exactly one 'file' part.", param="file")
@@ -74,11 +113,11 @@ async def upload(request: web.Request) -> web.Response:
                 record = await svc.upload(
                     tenant,
                     part.filename[:255] or "upload.jsonl",
-                    _chunks(part),
+                    _chunks(part, idle),
                     _expires_after(fields),
                 )
             elif part.name:
-                fields[part.name] = await _text(part)
+                fields[part.name] = await _text(part, idle)
         if record is None:
             raise InvalidRequest("The 'file' part is missing.", param="file")
         if "purpose" not in fields:
@@ -87,7 +126,7 @@ async def upload(request: web.Request) -> web.Response:
             raise _bad_purpose(fields["purpose"])
     except BaseException:
         if record is not None:  # a later part was bad: nothing of this upload stays
-            await svc.delete_file(tenant, record.id)
+            await svc.discard_upload(record)
         raise
     return json_response(file_object(record))
 

@@ -101,6 +101,22 @@ class Store(Protocol):
 
     async def pending_batches(self) -> list[BatchRecord]: ...
 
+    async def count_active_batches(self, tenant: str) -> int:
+        """Non-terminal batches of a tenant, pending creates included."""
+        ...
+
+    async def bytes_stored(self, tenant: str) -> int:
+        """Bytes of the tenant's files held by the gateway (local blobs)."""
+        ...
+
+    async def file_in_use(self, file_id: str) -> bool:
+        """Whether a non-terminal batch reads this file as its input."""
+        ...
+
+    async def expired_files(self, now: float, limit: int) -> list[FileRecord]:
+        """Files whose expires_at has passed and that no active batch reads."""
+        ...
+
     async def active_batches(self, provider: str | None = None) -> list[BatchRecord]: ...
 
     async def count_batches(self) -> list[tuple[str, str, int]]:

@@ -16,6 +16,7 @@ _FILE_COLS = (
     "id, tenant, purpose, filename, bytes, created_at, expires_at, sha256, line_count,"
     " endpoint, models, blob, provider, upstream_id, batch_id"
 )
+_ACTIVE = "status NOT IN ('completed', 'failed', 'expired', 'cancelled')"
 _BATCH_COLS = (
     "id, tenant, provider, input_file_id, created_at, object, upstream_id, pending, output_ttl,"
     " webhook"
@@ -79,7 +80,11 @@ class SQLiteStore:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=NORMAL")
         store = cls(db)
-        await store.migrate()
+        try:
+            await store.migrate()
+        except BaseException:
+            await db.close()  # an open connection's thread would keep the process alive
+            raise
         return store
 
     async def migrate(self) -> None:
@@ -87,23 +92,25 @@ class SQLiteStore:
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
             " applied_at INTEGER NOT NULL DEFAULT (unixepoch()))"
         )
-        async with self._db.execute("SELECT version FROM schema_migrations") as cur:
-            applied = {row[0] for row in await cur.fetchall()}
-        for version, sql in migrations():
-            if version in applied:
-                continue
-            # executescript would commit implicitly; run statement by statement in one transaction.
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
+        # One write transaction, and what is applied is read inside it: several processes
+        # starting at once (`serve --workers N`) then migrate exactly once.
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            async with self._db.execute("SELECT version FROM schema_migrations") as cur:
+                applied = {row[0] for row in await cur.fetchall()}
+            for version, sql in migrations():
+                if version in applied:
+                    continue
+                # executescript would commit implicitly: run statement by statement.
                 for statement in filter(str.strip, sql.split(";")):
                     await self._db.execute(statement)
                 await self._db.execute(
                     "INSERT INTO schema_migrations (version) VALUES (?)", (version,)
                 )
-                await self._db.execute("COMMIT")
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
+            await self._db.execute("COMMIT")
+        except BaseException:
+            await self._db.execute("ROLLBACK")
+            raise
 
     async def schema_version(self) -> int:
         async with self._db.execute("SELECT max(version) FROM schema_migrations") as cur:
@@ -158,7 +165,9 @@ class SQLiteStore:
     async def list_files(
         self, tenant: str, *, purpose: str | None, after: str | None, limit: int, order: str
     ) -> Page[FileRecord]:
-        where, args = "tenant = ?", list[Any]([tenant])
+        # Expired files are gone for clients even before the sweeper removes them.
+        where = "tenant = ? AND (expires_at IS NULL OR expires_at > unixepoch())"
+        args = list[Any]([tenant])
         if purpose:
             where += " AND purpose = ?"
             args.append(purpose)
@@ -280,11 +289,38 @@ class SQLiteStore:
         ) as cur:
             return [_batch(r) for r in await cur.fetchall()]
 
+    async def count_active_batches(self, tenant: str) -> int:
+        async with self._db.execute(
+            f"SELECT count(*) FROM batches WHERE tenant = ? AND {_ACTIVE}", (tenant,)
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def bytes_stored(self, tenant: str) -> int:
+        async with self._db.execute(
+            "SELECT coalesce(sum(bytes), 0) FROM files WHERE tenant = ? AND blob IS NOT NULL",
+            (tenant,),
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def file_in_use(self, file_id: str) -> bool:
+        async with self._db.execute(
+            f"SELECT 1 FROM batches WHERE input_file_id = ? AND {_ACTIVE} LIMIT 1", (file_id,)
+        ) as cur:
+            return await cur.fetchone() is not None
+
+    async def expired_files(self, now: float, limit: int) -> list[FileRecord]:
+        async with self._db.execute(
+            f"SELECT {_FILE_COLS} FROM files WHERE expires_at IS NOT NULL AND expires_at <= ?"
+            f" AND NOT EXISTS (SELECT 1 FROM batches WHERE input_file_id = files.id AND {_ACTIVE})"
+            " ORDER BY expires_at LIMIT ?",
+            (now, limit),
+        ) as cur:
+            return [_file(r) for r in await cur.fetchall()]
+
     async def active_batches(self, provider: str | None = None) -> list[BatchRecord]:
-        sql = (
-            f"SELECT {_BATCH_COLS} FROM batches WHERE status NOT IN"
-            " ('completed', 'failed', 'expired', 'cancelled') AND pending = 0"
-        )
+        sql = f"SELECT {_BATCH_COLS} FROM batches WHERE {_ACTIVE} AND pending = 0"
         args: tuple[Any, ...] = ()
         if provider is not None:
             sql += " AND provider = ?"

@@ -1,0 +1,24 @@
+"""What the service reports as it works; metrics subclass it, tests may too."""
+
+from __future__ import annotations
+
+from gateway.store.base import BatchRecord
+
+
+class ServiceEvents:
+    """What the service reports as it works (metrics subclass this)."""
+
+    def routed(self, rule: str, provider: str) -> None:
+        return None
+
+    def created(self, provider: str, endpoint: str) -> None:
+        return None
+
+    def fallback(self, from_provider: str, to_provider: str, reason: str) -> None:
+        return None
+
+    def terminal(self, record: BatchRecord) -> None:
+        return None
+
+    def file_bytes(self, direction: str, size: int) -> None:
+        return None

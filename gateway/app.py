@@ -18,9 +18,10 @@ from gateway.api import SERVICE, json_response
 from gateway.api import batches as batches_api
 from gateway.api import files as files_api
 from gateway.auth import Authenticator
-from gateway.blobs import LocalBlobs
+from gateway.blobs import open_blobs
 from gateway.config import Config, ConfigError, load_config
 from gateway.errors import error_middleware
+from gateway.limits import StoreWindow
 from gateway.poller import Poller
 from gateway.routing import Router
 from gateway.service import GatewayService
@@ -123,10 +124,16 @@ def reload_config(app: web.Application) -> bool:
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     config = app[SERVICE_CONFIG]
     store = await open_store(config.store.url)
+    app[AUTH].limiter = StoreWindow(store)  # limits shared by workers and replicas
+    try:
+        blobs = await open_blobs(config.blobs)
+    except BaseException:
+        await store.close()
+        raise
     providers = build_providers(config)
     service = GatewayService(
         store=store,
-        blobs=LocalBlobs(config.blobs.dir),
+        blobs=blobs,
         providers=providers,
         router=Router(config, providers),
         config=config,
@@ -161,6 +168,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await webhooks.close()
         for provider in [*service.providers.values(), *retired]:
             await provider.close()
+        await blobs.close()
         await store.close()
 
 

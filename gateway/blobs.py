@@ -1,7 +1,10 @@
-"""Where uploaded bytes live: a local directory, written atomically.
+"""Where uploaded bytes live: a local directory by default, or an S3 bucket.
 
-A blob is written under `tmp/` and renamed into place only once the upload has
-been fully validated, so a rejected or interrupted upload never leaves a blob.
+Every backend writes all-or-nothing: bytes go to a staging place (a `tmp/`
+file, an S3 multipart upload) and become the blob only at `commit()`, after
+the upload has been fully validated, so a rejected or interrupted upload never
+leaves a blob. Reads are streams of chunks; a backend that keeps blobs as local
+files also offers their path, so the content handler can let the OS send them.
 """
 
 from __future__ import annotations
@@ -9,26 +12,63 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
+
+from gateway.config import BlobsConfig
+from providers.base import ByteStream
+
+CHUNK = 256 * 1024
 
 STALE_PART_SECONDS = 3600.0
 
 
-class BlobWriter:
+class BlobWriter(Protocol):
+    async def write(self, chunk: bytes) -> None: ...
+
+    async def commit(self) -> None:
+        """Make the blob visible under its key."""
+        ...
+
+    async def abort(self) -> None:
+        """Drop everything written; the key stays as it was."""
+        ...
+
+
+class Blobs(Protocol):
+    def writer(self, key: str) -> BlobWriter: ...
+
+    def open(self, key: str) -> ByteStream:
+        """The blob's bytes as chunks; entering raises FileNotFoundError for a missing key."""
+        ...
+
+    def local_path(self, key: str) -> Path | None:
+        """A local file holding the blob, when the backend has one (for sendfile)."""
+        ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def exists(self, key: str) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalBlobWriter:
     def __init__(self, final: Path, partial: Path) -> None:
         self._final = final
         self._partial = partial
         self._fh: IO[bytes] = open(partial, "wb")  # noqa: SIM115 - closed in commit/abort
 
-    def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: bytes) -> None:
         self._fh.write(chunk)
 
-    def commit(self) -> None:
+    async def commit(self) -> None:
         self._fh.close()
         os.replace(self._partial, self._final)
 
-    def abort(self) -> None:
+    async def abort(self) -> None:
         self._fh.close()
         self._partial.unlink(missing_ok=True)
 
@@ -49,11 +89,40 @@ class LocalBlobs:
     def path(self, key: str) -> Path:
         return self.directory / key
 
-    def writer(self, key: str) -> BlobWriter:
-        return BlobWriter(self.path(key), self._tmp / f"{key}.part")
+    def local_path(self, key: str) -> Path | None:
+        return self.path(key)
 
-    def delete(self, key: str) -> None:
+    def writer(self, key: str) -> LocalBlobWriter:
+        return LocalBlobWriter(self.path(key), self._tmp / f"{key}.part")
+
+    def open(self, key: str) -> ByteStream:
+        return self._open(key)
+
+    @asynccontextmanager
+    async def _open(self, key: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        with open(self.path(key), "rb") as fh:
+            yield _read_chunks(fh)
+
+    async def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 
-    def exists(self, key: str) -> bool:
+    async def exists(self, key: str) -> bool:
         return self.path(key).exists()
+
+    async def close(self) -> None:
+        return None
+
+
+async def _read_chunks(fh: IO[bytes]) -> AsyncIterator[bytes]:
+    while chunk := fh.read(CHUNK):
+        yield chunk
+
+
+async def open_blobs(config: BlobsConfig) -> Blobs:
+    """The backend `blobs:` selects; the caller closes it."""
+    if config.s3 is not None:
+        from gateway.blobs_s3 import S3Blobs
+
+        return await S3Blobs.connect(config.s3)
+    assert config.dir is not None  # BlobsConfig guarantees one of the two
+    return LocalBlobs(config.dir)

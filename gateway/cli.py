@@ -60,8 +60,8 @@ def check_config(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     print(f"config: {Path(args.config).resolve()}")
-    print(f"store:  {config.store.url}")
-    print(f"blobs:  {config.blobs.dir}")
+    print(f"store:  {config.store.display_url()}")
+    print(f"blobs:  {config.blobs.describe()}")
     print("providers:")
     for name, provider in config.providers.items():
         where = getattr(provider, "base_url", "in-process")

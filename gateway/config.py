@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -22,6 +23,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from providers.base import ALL_ENDPOINTS
@@ -42,12 +44,78 @@ class ServerConfig(_Model):
     port: int = Field(8080, ge=0, le=65535)
 
 
+STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
+
+
 class StoreConfig(_Model):
+    # sqlite:///path (one process, one machine) or postgresql://user:pass@host/db (shared).
     url: str = "sqlite:///./data/gateway.db"
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.startswith(STORE_SCHEMES):
+            scheme = value.split(":", 1)[0] if ":" in value else value
+            raise ValueError(
+                f"unsupported store {scheme[:32]!r}: use one of {', '.join(STORE_SCHEMES)}"
+            )
+        return value
+
+    def display_url(self) -> str:
+        """The URL without its password, for logs and check-config."""
+        parts = urlsplit(self.url)
+        if parts.password is None:
+            return self.url
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = parts.username or ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+class S3BlobsConfig(_Model):
+    """Any S3-compatible object store (AWS S3, MinIO, Ceph, R2, ...)."""
+
+    bucket: str = Field(min_length=3, max_length=63)
+    # None: AWS's own endpoint for `region`.
+    endpoint_url: str | None = None
+    prefix: str = ""
+    region: str = "us-east-1"
+    # Both unset: botocore's default chain (env, profile, instance or pod role).
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    # Path style works with every S3 API; virtual hosts need wildcard DNS (MinIO lacks it).
+    addressing_style: Literal["path", "virtual", "auto"] = "path"
+    # S3's minimum part is 5 MiB; memory per upload in flight is about twice this.
+    part_bytes: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024, le=512 * 1024 * 1024)
+
+    @model_validator(mode="after")
+    def _both_keys_or_none(self) -> S3BlobsConfig:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("set both access_key_id and secret_access_key, or neither")
+        return self
+
+    def describe(self) -> str:
+        where = f" at {self.endpoint_url}" if self.endpoint_url else f" ({self.region})"
+        return f"s3://{self.bucket}/{self.prefix}{where}"
 
 
 class BlobsConfig(_Model):
-    dir: Path = Path("./data/files")
+    """Exactly one backend: a local directory (the default) or an S3 bucket."""
+
+    dir: Path | None = None
+    s3: S3BlobsConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_backend(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if data.get("dir") is not None and data.get("s3") is not None:
+                raise ValueError("set either blobs.dir or blobs.s3, not both")
+            if data.get("s3") is None and data.get("dir") is None:
+                data = {**data, "dir": Path("./data/files")}
+        return data
+
+    def describe(self) -> str:
+        return self.s3.describe() if self.s3 is not None else str(self.dir)
 
 
 class KeyLimits(_Model):
@@ -107,6 +175,9 @@ class PollerConfig(_Model):
     interval_seconds: float = Field(30.0, gt=0)
     jitter: float = Field(0.1, ge=0, le=1)
     concurrency_per_provider: int = Field(8, ge=1)
+    # How long a replica holds a batch it polls (and the housekeeping role); a replica
+    # that dies hands them over when this runs out. Keep it above the slowest refresh.
+    lease_seconds: float = Field(120.0, gt=0)
     # A create still pending after this long belongs to a process that died.
     pending_grace_seconds: float = Field(120.0, ge=0)
     webhook_interval_seconds: float = Field(1.0, gt=0)
@@ -303,6 +374,9 @@ def _format_errors(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+_REQUIRED = ("store.", "blobs.")
+
+
 def _resolve(base: Path, path: Path) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
@@ -313,6 +387,10 @@ def parse_config(raw: Any, base_dir: Path) -> Config:
         raise ConfigError("config: the top level must be a mapping")
     missing: list[tuple[str, str]] = []
     data = interpolate(raw, missing)
+    # Unlike a provider's key, the store and the blobs have no "disabled" state.
+    required = [f"  {p}: ${{{var}}} is not set" for p, var in missing if p.startswith(_REQUIRED)]
+    if required:
+        raise ConfigError("config is invalid:\n" + "\n".join(required))
     try:
         config = TypeAdapter(Config).validate_python({**data, "base_dir": base_dir})
     except ValidationError as exc:
@@ -342,17 +420,10 @@ def parse_config(raw: Any, base_dir: Path) -> Config:
     if store.url.startswith("sqlite:///"):
         db = _resolve(base_dir, Path(store.url.removeprefix("sqlite:///")))
         store = StoreConfig(url=f"sqlite:///{db}")
-    elif not store.url.startswith("sqlite:"):
-        raise ConfigError(
-            f"config is invalid:\n  store.url: unsupported store {store.url.split(':')[0]!r}"
-        )
-    return config.model_copy(
-        update={
-            "providers": providers,
-            "store": store,
-            "blobs": BlobsConfig(dir=_resolve(base_dir, config.blobs.dir)),
-        }
-    )
+    blobs = config.blobs
+    if blobs.dir is not None:
+        blobs = BlobsConfig(dir=_resolve(base_dir, blobs.dir))
+    return config.model_copy(update={"providers": providers, "store": store, "blobs": blobs})
 
 
 def _check_references(config: Config, providers: dict[str, Any]) -> None:

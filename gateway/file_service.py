@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 
 from gateway import ids
-from gateway.blobs import LocalBlobs
+from gateway.blobs import Blobs
 from gateway.config import KeyConfig, LimitsConfig
 from gateway.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, QuotaExceeded
 from gateway.events import ServiceEvents
@@ -33,7 +33,7 @@ def no_such(kind: str, object_id: str, param: str | None = None) -> NotFound:
 
 class FileUseCases:
     store: Store
-    blobs: LocalBlobs
+    blobs: Blobs
     limits: LimitsConfig
     providers: Mapping[str, Provider]
     events: ServiceEvents
@@ -61,21 +61,21 @@ class FileUseCases:
             async for chunk in chunks:
                 validator.feed(chunk)
                 digest.update(chunk)
-                writer.write(chunk)
+                await writer.write(chunk)
                 size += len(chunk)
                 if budget is not None and size > budget:
                     raise _storage_quota()
             summary = validator.finish()
         except JSONLError as exc:
-            writer.abort()
+            await writer.abort()
             raise InvalidRequest(
                 f"Invalid batch input file. {exc}", param="file", code="invalid_file"
             ) from None
         except TooLarge as exc:
-            writer.abort()
+            await writer.abort()
             raise PayloadTooLarge(str(exc), param="file") from None
         except BaseException:
-            writer.abort()
+            await writer.abort()
             raise
         now = int(time.time())
         ttl = expires_after.seconds if expires_after else BATCH_FILE_TTL
@@ -93,11 +93,11 @@ class FileUseCases:
             models=summary.models,
             blob=file_id,
         )
-        writer.commit()
+        await writer.commit()
         try:
             await self.store.insert_file(record)
         except BaseException:
-            self.blobs.delete(file_id)
+            await self.blobs.delete(file_id)
             raise
         self.events.file_bytes("upload", size)
         return record
@@ -146,10 +146,10 @@ class FileUseCases:
     async def _remove_file(self, record: FileRecord) -> None:
         await self.store.delete_file(record.id)
         if record.blob:
-            self.blobs.delete(record.blob)
+            await self.blobs.delete(record.blob)
 
     async def open_content(self, tenant: str, file_id: str) -> FileRecord | ByteStream:
-        """A local file record (served from its blob) or an upstream byte stream."""
+        """A record whose bytes are a blob of ours, or the provider's byte stream."""
         record = await self.get_file(tenant, file_id)
         if record.blob:
             return record

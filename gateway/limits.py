@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from gateway.store.base import Store
+
 
 class RateLimiter(Protocol):
     async def hit(self, key: str, limit: int, window_seconds: float) -> float | None:
@@ -36,3 +38,17 @@ class InProcessWindow:
             return (slot + 1) * window_seconds - now
         self._windows[key] = (slot, count + 1)
         return None
+
+
+class StoreWindow:
+    """Fixed-window counters in the store: one limit shared by every worker and replica."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
+
+    async def hit(self, key: str, limit: int, window_seconds: float) -> float | None:
+        now = self._clock()
+        start = int(now // window_seconds * window_seconds)
+        allowed, _ = await self._store.hit_rate_window(key, start, limit)
+        return None if allowed else start + window_seconds - now

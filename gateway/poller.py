@@ -1,22 +1,30 @@
 """Background refresh of active batches, so progress shows without clients polling.
 
-One loop per provider: a slow provider only delays its own sweeps. Each sweep
-refreshes that provider's non-terminal batches with bounded concurrency, then
-sleeps the interval with jitter. The same task settles stale pending creates,
-sends due webhooks and, every `sweep_interval_seconds`, removes expired files.
+One loop per provider: a slow provider only delays its own batches. A loop
+leases the provider's due batches in the store (`claim_active_batches`), so
+several replicas share the work and never poll one batch at once; each batch is
+handed back due again one interval (with jitter) later. A replica that dies
+leaves leases that expire, and another replica takes the batches over.
+
+Housekeeping (interrupted creates, webhooks, expired files) runs on the one
+replica holding the store's "housekeeping" lease, so each job runs once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import secrets
+import socket
 import time
 from contextlib import suppress
 
 from gateway import metrics
 from gateway.config import PollerConfig
 from gateway.service import GatewayService
+from gateway.store.base import BatchRecord
 from gateway.webhooks import WebhookSender
 from providers.base import TERMINAL_STATUSES
 
@@ -33,27 +41,48 @@ PHASE_STARTED = {
 
 class Poller:
     def __init__(
-        self, service: GatewayService, config: PollerConfig, webhooks: WebhookSender
+        self,
+        service: GatewayService,
+        config: PollerConfig,
+        webhooks: WebhookSender,
+        *,
+        owner: str | None = None,
     ) -> None:
         self.service = service
         self.config = config
         self.webhooks = webhooks
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._next_sweep = 0.0
 
-    async def sweep_provider(self, name: str) -> int:
-        """Refresh every active batch of one provider; returns how many were refreshed."""
-        batches = await self.service.store.active_batches(provider=name)
-        limit = asyncio.Semaphore(self.config.concurrency_per_provider)
+    @property
+    def _claim_size(self) -> int:
+        return max(100, self.config.concurrency_per_provider * 8)
 
-        async def refresh(record_id: str) -> None:
+    async def _poll(self, record: BatchRecord, limit: asyncio.Semaphore) -> None:
+        try:
             async with limit:
-                record = await self.service.store.get_batch(record_id)
-                if record and not record.pending and record.status not in TERMINAL_STATUSES:
+                if record.status not in TERMINAL_STATUSES:
                     await self.service.refresh(record)
+        except Exception as exc:  # one batch must not stop the sweep
+            log.error("poller: refresh of %s failed: %s", record.id, type(exc).__name__)
+        finally:
+            next_poll = time.time() + self._pause()
+            await self.service.store.release_batch(record.id, self.owner, next_poll)
 
-        await asyncio.gather(*(refresh(b.id) for b in batches))
-        return len(batches)
+    async def sweep_provider(self, name: str) -> int:
+        """Refresh every due batch of one provider; returns how many were refreshed."""
+        limit = asyncio.Semaphore(self.config.concurrency_per_provider)
+        total = 0
+        while name in self.service.providers:
+            claimed = await self.service.store.claim_active_batches(
+                self.owner, self._claim_size, self.config.lease_seconds, time.time(), name
+            )
+            await asyncio.gather(*(self._poll(record, limit) for record in claimed))
+            total += len(claimed)
+            if len(claimed) < self._claim_size:
+                break
+        return total
 
     async def sweep_once(self) -> int:
         """One sweep of every provider at once (tests and benchmarks call this)."""
@@ -65,12 +94,14 @@ class Poller:
         return self.config.interval_seconds * random.uniform(1 - jitter, 1 + jitter)
 
     async def _provider_loop(self, name: str) -> None:
+        # Batches fall due at their own times; look for due ones a few times an interval.
+        tick = min(1.0, self.config.interval_seconds / 4)
         while name in self.service.providers:
             try:
                 await self.sweep_provider(name)
             except Exception as exc:  # one bad sweep must not stop the loop
                 log.error("poller: sweep of %s failed: %s", name, type(exc).__name__)
-            await asyncio.sleep(self._pause())
+            await asyncio.sleep(tick * random.uniform(0.5, 1.0))
 
     async def refresh_gauges(self) -> None:
         """Batches by provider and status, and the oldest per active status, from the store."""
@@ -94,17 +125,24 @@ class Poller:
                 if task is None or task.done():
                     self._loops[name] = asyncio.create_task(self._provider_loop(name))
             try:
-                await self.service.reconcile_pending(self.config.pending_grace_seconds)
-                await self.webhooks.deliver_due()
                 if time.monotonic() >= gauges_due:
                     await self.refresh_gauges()
                     gauges_due = time.monotonic() + self.config.interval_seconds
-                if time.monotonic() >= self._next_sweep:
-                    self._next_sweep = time.monotonic() + self.config.sweep_interval_seconds
-                    await self.service.sweep_expired()
+                if await self.service.store.acquire_lease(
+                    "housekeeping", self.owner, self.config.lease_seconds, time.time()
+                ):
+                    await self.housekeeping()
             except Exception as exc:
                 log.error("poller: housekeeping failed: %s", type(exc).__name__)
             await asyncio.sleep(self.config.webhook_interval_seconds)
+
+    async def housekeeping(self) -> None:
+        await self.service.reconcile_pending(self.config.pending_grace_seconds)
+        await self.webhooks.deliver_due()
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + self.config.sweep_interval_seconds
+            await self.service.sweep_expired()
+            await self.service.store.prune_rate_windows(int(time.time()) - 3600)
 
     async def stop(self) -> None:
         for task in self._loops.values():

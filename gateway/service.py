@@ -15,12 +15,13 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import orjson
 
 from gateway import ids
-from gateway.blobs import LocalBlobs
+from gateway.blobs import Blobs
 from gateway.config import Config, KeyConfig
 from gateway.errors import InvalidRequest, QuotaExceeded
 from gateway.events import ServiceEvents
@@ -64,7 +65,7 @@ class GatewayService(FileUseCases):
     def __init__(
         self,
         store: Store,
-        blobs: LocalBlobs,
+        blobs: Blobs,
         providers: Mapping[str, Provider],
         router: Router,
         config: Config,
@@ -350,7 +351,8 @@ class GatewayService(FileUseCases):
         assert file.blob is not None and file.endpoint is not None
         upstream_id = await provider.upload_file(
             InputFile(
-                path=self.blobs.path(file.blob),
+                path=self.blobs.local_path(file.blob),
+                opener=partial(self.blobs.open, file.blob),
                 filename=file.filename,
                 bytes=file.bytes,
                 line_count=file.line_count or 0,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from gateway.blobs import LocalBlobs
+from gateway.blobs import Blobs
 from gateway.store import Store
 
 log = logging.getLogger("gateway.sweeper")
@@ -17,14 +17,14 @@ log = logging.getLogger("gateway.sweeper")
 BATCH_SIZE = 500
 
 
-async def sweep_expired(store: Store, blobs: LocalBlobs, now: float) -> int:
+async def sweep_expired(store: Store, blobs: Blobs, now: float) -> int:
     removed = 0
     while True:
         expired = await store.expired_files(now, BATCH_SIZE)
         for record in expired:
             await store.delete_file(record.id)
             if record.blob:
-                blobs.delete(record.blob)
+                await blobs.delete(record.blob)
         removed += len(expired)
         if len(expired) < BATCH_SIZE:
             break

@@ -15,8 +15,8 @@ and to raise `ProviderError` with a `kind` the gateway can act on.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -148,19 +148,47 @@ class BatchRequest:
         return metadata or None
 
 
+ByteStream = AbstractAsyncContextManager[AsyncIterator[bytes]]
+
+
 @dataclass(frozen=True, slots=True)
 class InputFile:
-    """A validated gateway input file, as handed to `Provider.upload_file`."""
+    """A validated gateway input file, as handed to `Provider.upload_file`.
 
-    path: Path
+    Its bytes are a local file (`path`, which an adapter may hand on whole) or,
+    for blobs kept elsewhere (S3), only readable as a stream (`opener`).
+    `open()` reads either way.
+    """
+
+    path: Path | None
     filename: str
     bytes: int
     line_count: int
     endpoint: str
     models: tuple[str, ...]
+    opener: Callable[[], ByteStream] | None = None
+
+    def __post_init__(self) -> None:
+        if self.path is None and self.opener is None:
+            raise ValueError("an InputFile needs a path or an opener")
+
+    def open(self) -> ByteStream:
+        """The bytes as chunks; each call reads from the start (so a retry can re-send)."""
+        if self.opener is not None:
+            return self.opener()
+        assert self.path is not None
+        return _file_chunks(self.path)
 
 
-ByteStream = AbstractAsyncContextManager[AsyncIterator[bytes]]
+@asynccontextmanager
+async def _file_chunks(path: Path) -> AsyncIterator[AsyncIterator[bytes]]:
+    with path.open("rb") as fh:
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while chunk := fh.read(256 * 1024):
+                yield chunk
+
+        yield chunks()
 
 
 @runtime_checkable

@@ -96,16 +96,18 @@ class LocalFiles:
         meta = {"id": file_id, "filename": filename, "bytes": path.stat().st_size}
         write_json(path.with_suffix(".meta.json"), meta | {"created_at": now()})
 
-    async def copy_in(self, source: Path, filename: str) -> str:
+    async def copy_in(self, file: InputFile) -> str:
         """Copy an input file into the store; returns its new id."""
         file_id = self.new_id()
-
-        def copy() -> None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, self.path(file_id))
-            self.publish(file_id, filename)
-
-        await asyncio.to_thread(copy)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if file.path is not None:
+            await asyncio.to_thread(shutil.copyfile, file.path, self.path(file_id))
+        else:  # a blob that is not a local file (S3): stream it in
+            async with file.open() as chunks:
+                with self.path(file_id).open("wb") as out:
+                    async for chunk in chunks:
+                        out.write(chunk)
+        self.publish(file_id, file.filename)
         return file_id
 
     async def info(self, file_id: str) -> UpstreamFile:
@@ -135,7 +137,7 @@ class LocalFileMethods:
     files: LocalFiles
 
     async def upload_file(self, file: InputFile) -> str:
-        return await self.files.copy_in(file.path, file.filename)
+        return await self.files.copy_in(file)
 
     async def get_file(self, upstream_file_id: str) -> UpstreamFile:
         return await self.files.info(upstream_file_id)

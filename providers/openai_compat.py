@@ -8,8 +8,8 @@ answers only `{id, object, status}`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from typing import IO, Any
 
 import aiohttp
 
@@ -173,12 +173,18 @@ class OpenAICompatProvider(HTTPProvider):
         )
 
     async def upload_file(self, file: InputFile) -> str:
-        with open(file.path, "rb") as fh:
-            form = aiohttp.FormData()
-            form.add_field("purpose", "batch")
-            form.add_field("file", fh, filename=file.filename, content_type="application/jsonl")
-            data = await self.request_json("POST", "/files", data=form)
-        return parse_file(data).id
+        # A local file goes with its length; a remote blob (S3) streams through, chunked.
+        if file.path is not None:
+            with open(file.path, "rb") as fh:
+                return await self._upload(file.filename, fh)
+        async with file.open() as chunks:
+            return await self._upload(file.filename, chunks)
+
+    async def _upload(self, filename: str, body: IO[bytes] | AsyncIterator[bytes]) -> str:
+        form = aiohttp.FormData()
+        form.add_field("purpose", "batch")
+        form.add_field("file", body, filename=filename, content_type="application/jsonl")
+        return parse_file(await self.request_json("POST", "/files", data=form)).id
 
     async def create_batch(self, request: BatchRequest) -> UpstreamBatch:
         body: dict[str, Any] = {

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from aiobotocore.session import get_session
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -20,6 +23,7 @@ from gateway.config import Config
 from gateway.errors import Handler
 from gateway.service import GatewayService
 from tests.leakscan import SCAN, CollectingHandler
+from tests.servers import PostgresServer, S3Server
 from tests.support import make_config
 
 
@@ -113,3 +117,65 @@ async def start_gateway(
 @pytest.fixture
 async def gateway(start_gateway: StartGateway) -> Gateway:
     return await start_gateway()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session; a missing install fails, never skips."""
+    try:
+        server = PostgresServer.start()
+    except (RuntimeError, KeyError, OSError) as exc:
+        pytest.fail(f"cannot start PostgreSQL for the tests: {exc}", pytrace=False)
+    yield server
+    server.stop()
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture
+def pg_url(postgres_server: PostgresServer) -> str:
+    """A new, empty database on the session's server, so tests never share rows."""
+    return postgres_server.create_database(f"test_{os.getpid()}_{next(_databases)}")
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3-compatible server on loopback, for the session."""
+    try:
+        server = S3Server.start()
+    except RuntimeError as exc:
+        pytest.fail(f"cannot start the S3 server for the tests: {exc}", pytrace=False)
+    yield server
+    server.stop()
+
+
+S3_KEYS = {"access_key_id": "test-access-key", "secret_access_key": "test-secret-key"}
+_buckets = itertools.count()
+
+
+@pytest.fixture
+async def s3_blobs(s3_server: S3Server) -> dict[str, Any]:
+    """The `blobs:` config of a new, empty bucket on the test S3 server."""
+    config = {
+        "endpoint_url": s3_server.endpoint_url,
+        "bucket": f"gateway-test-{os.getpid()}-{next(_buckets)}",
+        "prefix": "files/",
+        "region": "us-east-1",
+        **S3_KEYS,
+        "part_bytes": 5 * 1024 * 1024,
+    }
+    async with s3_client(config) as client:
+        await client.create_bucket(Bucket=config["bucket"])
+    return {"s3": config}
+
+
+def s3_client(config: dict[str, Any]) -> Any:
+    """A plain client on the test bucket's server, to look behind the gateway's back."""
+    return get_session().create_client(
+        "s3",
+        endpoint_url=config["endpoint_url"],
+        region_name=config["region"],
+        aws_access_key_id=config["access_key_id"],
+        aws_secret_access_key=config["secret_access_key"],
+    )

@@ -118,6 +118,8 @@ def test_check_config_prints_routing_without_secrets(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         """
+store: {url: "postgresql://gw:pg-very-secret@db.invalid/gw"}
+blobs: {s3: {bucket: gw-files, access_key_id: AKIA-X, secret_access_key: s3-very-secret}}
 providers:
   sandbox: {type: sandbox}
   paid: {type: openai, base_url: "https://example.invalid/v1", api_key: "sk-very-secret"}
@@ -130,7 +132,10 @@ default: sandbox
     assert result.returncode == 0, result.stderr
     assert "routes[0]  model=gpt-4o*  ->  paid" in result.stdout
     assert "default  *  ->  sandbox" in result.stdout
-    assert "sk-very-secret" not in result.stdout + result.stderr
+    assert "store:  postgresql://gw:***@db.invalid/gw" in result.stdout
+    assert "blobs:  s3://gw-files/" in result.stdout
+    for secret in ("sk-very-secret", "pg-very-secret", "s3-very-secret"):
+        assert secret not in result.stdout + result.stderr
 
 
 def test_hash_key_prints_sha256() -> None:

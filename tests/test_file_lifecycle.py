@@ -70,8 +70,8 @@ async def plant_expired(gw: Gateway, *, blob: bool) -> FileRecord:
     file_id = ids.new_file_id()
     if blob:
         writer = gw.service.blobs.writer(file_id)
-        writer.write(chat_file(1))
-        writer.commit()
+        await writer.write(chat_file(1))
+        await writer.commit()
     now = int(time.time())
     record = FileRecord(
         id=file_id,

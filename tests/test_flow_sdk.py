@@ -7,6 +7,7 @@ import io
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -68,7 +69,7 @@ async def remote(
     return await start_remote(start_gateway, aiohttp_server, tmp_path, monkeypatch)
 
 
-@pytest.fixture(params=["sandbox", "openai"])
+@pytest.fixture(params=["sandbox", "openai", "sandbox-on-postgres"])
 async def flow_gateway(
     request: pytest.FixtureRequest,
     start_gateway: StartGateway,
@@ -76,7 +77,7 @@ async def flow_gateway(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> tuple[Gateway, FakeOpenAIState | None]:
-    if request.param == "sandbox":
+    if request.param.startswith("sandbox"):
         # Slow enough that a cancel right after create lands mid-run.
         sandbox = {
             "type": "sandbox",
@@ -85,8 +86,10 @@ async def flow_gateway(
             "line_seconds": 0.1,
         }
         sandbox |= {"finalize_seconds": 0, "cancel_seconds": 0}
-        config = make_config(tmp_path, providers={"sandbox": sandbox})
-        return await start_gateway(config), None
+        overrides: dict[str, Any] = {"providers": {"sandbox": sandbox}}
+        if request.param == "sandbox-on-postgres":
+            overrides["store"] = {"url": request.getfixturevalue("pg_url")}
+        return await start_gateway(make_config(tmp_path, **overrides)), None
     return await start_remote(start_gateway, aiohttp_server, tmp_path, monkeypatch)
 
 

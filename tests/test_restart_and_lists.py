@@ -8,16 +8,21 @@ from pathlib import Path
 import openai
 import pytest
 
-from gateway.store.sqlite import SQLiteStore, migrations
+from gateway.store.migrate import migrations
+from gateway.store.sqlite import SQLiteStore
 from tests.conftest import Gateway, StartGateway
 from tests.support import chat_file, make_config
 from tests.test_flow_sdk import wait_terminal
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 async def test_batches_and_files_survive_a_restart(
-    start_gateway: StartGateway, tmp_path: Path
+    start_gateway: StartGateway, tmp_path: Path, request: pytest.FixtureRequest, backend: str
 ) -> None:
-    config = make_config(tmp_path)
+    if backend == "postgres":
+        config = make_config(tmp_path, store={"url": request.getfixturevalue("pg_url")})
+    else:
+        config = make_config(tmp_path)
     first = await start_gateway(config)
     uploaded = await first.client.files.create(
         file=("in.jsonl", io.BytesIO(chat_file(4))), purpose="batch"
@@ -80,7 +85,7 @@ async def test_migrations_are_versioned_and_applied_once(tmp_path: Path) -> None
     version = await store.schema_version()
     await store.close()
     store = await SQLiteStore.open(path)  # re-open: nothing applied twice
-    assert await store.schema_version() == version == migrations()[-1][0]
+    assert await store.schema_version() == version == migrations("sqlite")[-1].version
     await store.close()
 
 

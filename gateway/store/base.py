@@ -65,6 +65,8 @@ class Page(Generic[T]):
 
 
 class Store(Protocol):
+    """Everything the gateway persists; SQLite and PostgreSQL implement it alike."""
+
     async def close(self) -> None: ...
 
     async def insert_file(self, record: FileRecord) -> None: ...
@@ -129,6 +131,45 @@ class Store(Protocol):
         self, delivery_id: int, *, delivered: bool, next_attempt_at: float | None, error: str | None
     ) -> None:
         """Mark delivered, or reschedule (next_attempt_at), or give up (None)."""
+        ...
+
+    async def claim_active_batches(
+        self,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        now: float,
+        provider: str | None = None,
+    ) -> list[BatchRecord]:
+        """Lease up to `limit` due, active batches to `owner` until `now + lease_seconds`.
+
+        Due means non-pending, non-terminal, `next_poll_at <= now` and no unexpired
+        lease, taken in `next_poll_at` order. Atomic across processes: two owners
+        claiming at once never get the same batch.
+        """
+        ...
+
+    async def release_batch(self, batch_id: str, owner: str, next_poll_at: float) -> bool:
+        """Hand a claimed batch back, due again at `next_poll_at`.
+
+        False when `owner` no longer holds the lease (it expired and was taken).
+        """
+        ...
+
+    async def acquire_lease(self, name: str, owner: str, seconds: float, now: float) -> bool:
+        """Take or renew the named lease; False while another owner holds it."""
+        ...
+
+    async def hit_rate_window(self, key: str, window_start: int, limit: int) -> tuple[bool, int]:
+        """Count one hit for `key` in the window starting at `window_start`.
+
+        Returns (allowed, hits): a hit over `limit` is refused and not counted, so
+        the count never exceeds the limit. Atomic across processes.
+        """
+        ...
+
+    async def prune_rate_windows(self, before: int) -> int:
+        """Drop windows that started before `before`; returns how many."""
         ...
 
 

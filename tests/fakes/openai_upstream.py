@@ -63,6 +63,10 @@ class FakeOpenAIState:
     latency: float = 0.0
     in_flight: int = 0
     peak_in_flight: int = 0
+    # Per path: requests in flight now, the most ever at once, and start times.
+    in_flight_by_path: dict[str, int] = field(default_factory=dict)
+    peak_by_path: dict[str, int] = field(default_factory=dict)
+    started_by_path: dict[str, list[float]] = field(default_factory=dict)
 
 
 UPSTREAM = web.AppKey("upstream", FakeOpenAIState)
@@ -113,8 +117,12 @@ async def _gate(request: web.Request, handler: Handler) -> web.StreamResponse:
         return web.Response(body=b'{"id": "batch_x", "stat', content_type="application/json")
     if fault == "reset":
         _drop(request)
+    path = f"{request.method} {request.path}"
     state.in_flight += 1
     state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
+    state.in_flight_by_path[path] = state.in_flight_by_path.get(path, 0) + 1
+    state.peak_by_path[path] = max(state.peak_by_path.get(path, 0), state.in_flight_by_path[path])
+    state.started_by_path.setdefault(path, []).append(time.monotonic())
     try:
         if state.latency:
             await asyncio.sleep(state.latency)
@@ -123,6 +131,7 @@ async def _gate(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = exc.response
     finally:
         state.in_flight -= 1
+        state.in_flight_by_path[path] -= 1
     if fault == "reset_after":
         _drop(request)
     return response

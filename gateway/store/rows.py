@@ -1,0 +1,65 @@
+"""Columns and row <-> record conversion, shared by every SQL backend.
+
+JSON travels as text both ways (SQLite TEXT; PostgreSQL jsonb, which asyncpg
+reads and writes as text without a codec), and flags as Python bools (SQLite
+stores 0/1), so one conversion serves both backends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway.store.base import BatchRecord, FileRecord
+from gateway.store.migrate import Row
+
+FILE_COLS = (
+    "id, tenant, purpose, filename, bytes, created_at, expires_at, sha256, line_count,"
+    " endpoint, models, blob, provider, upstream_id, batch_id"
+)
+BATCH_COLS = (
+    "id, tenant, provider, input_file_id, created_at, object, upstream_id, pending, output_ttl,"
+    " webhook"
+)
+# Matches the partial indexes' predicate, so the planner can use them.
+NOT_TERMINAL = "status NOT IN ('completed', 'failed', 'expired', 'cancelled')"
+
+
+def file_from_row(row: Row) -> FileRecord:
+    return FileRecord(
+        id=row[0],
+        tenant=row[1],
+        purpose=row[2],
+        filename=row[3],
+        bytes=row[4],
+        created_at=row[5],
+        expires_at=row[6],
+        sha256=row[7],
+        line_count=row[8],
+        endpoint=row[9],
+        models=tuple(orjson.loads(row[10])),
+        blob=row[11],
+        provider=row[12],
+        upstream_id=row[13],
+        batch_id=row[14],
+    )
+
+
+def batch_from_row(row: Row) -> BatchRecord:
+    return BatchRecord(
+        id=row[0],
+        tenant=row[1],
+        provider=row[2],
+        input_file_id=row[3],
+        created_at=row[4],
+        object=orjson.loads(row[5]),
+        upstream_id=row[6],
+        pending=bool(row[7]),
+        output_ttl=row[8],
+        webhook=row[9],
+    )
+
+
+def to_json(value: Any) -> str:
+    return orjson.dumps(value).decode()

@@ -1,0 +1,408 @@
+"""The Store interface written once in the SQL that SQLite and PostgreSQL share.
+
+Both backends accept the same statements here (upserts, RETURNING, partial
+indexes, keyset pagination on `seq`), so a backend only supplies connections:
+`_conn()` for single statements, `_tx()` for an atomic unit of work, and
+`_exclusive()` for migrations. Queries use `?` placeholders; the PostgreSQL
+executor numbers them; rows become records in `rows`.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from contextlib import AbstractAsyncContextManager
+from typing import Any, ClassVar
+
+from gateway.store import migrate
+from gateway.store.base import BatchRecord, FileRecord, Page, UnknownCursor, WebhookDelivery
+from gateway.store.migrate import Executor
+from gateway.store.rows import (
+    BATCH_COLS,
+    FILE_COLS,
+    NOT_TERMINAL,
+    batch_from_row,
+    file_from_row,
+    to_json,
+)
+
+
+class SQLStore(ABC):
+    """Every Store method, over whatever connections a backend provides."""
+
+    dialect: ClassVar[str]
+    # PostgreSQL: claimers skip rows another transaction is claiming right now.
+    # SQLite needs nothing: its write transaction already excludes every other.
+    row_lock: ClassVar[str] = ""
+
+    @abstractmethod
+    def _conn(self) -> AbstractAsyncContextManager[Executor]:
+        """A connection in autocommit mode."""
+
+    @abstractmethod
+    def _tx(self) -> AbstractAsyncContextManager[Executor]:
+        """A transaction: committed on exit, rolled back on any exception."""
+
+    @abstractmethod
+    def _exclusive(self) -> AbstractAsyncContextManager[Executor]:
+        """A transaction no other process runs at the same time (for migrations)."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    async def migrate(self, upto: int | None = None) -> list[int]:
+        return await migrate.migrate(self._exclusive, self.dialect, upto)
+
+    async def schema_version(self) -> int:
+        async with self._conn() as db:
+            return await migrate.schema_version(db)
+
+    # files
+
+    async def insert_file(self, record: FileRecord) -> None:
+        async with self._conn() as db:
+            await db.execute(
+                f"INSERT INTO files ({FILE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                record.id,
+                record.tenant,
+                record.purpose,
+                record.filename,
+                record.bytes,
+                record.created_at,
+                record.expires_at,
+                record.sha256,
+                record.line_count,
+                record.endpoint,
+                to_json(list(record.models)),
+                record.blob,
+                record.provider,
+                record.upstream_id,
+                record.batch_id,
+            )
+
+    async def get_file(self, file_id: str, tenant: str | None = None) -> FileRecord | None:
+        sql = f"SELECT {FILE_COLS} FROM files WHERE id = ?"
+        args: tuple[Any, ...] = (file_id,)
+        if tenant is not None:
+            sql += " AND tenant = ?"
+            args += (tenant,)
+        async with self._conn() as db:
+            rows = await db.fetch(sql, *args)
+        return file_from_row(rows[0]) if rows else None
+
+    async def find_file_by_upstream(self, provider: str, upstream_id: str) -> FileRecord | None:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                f"SELECT {FILE_COLS} FROM files WHERE provider = ? AND upstream_id = ?",
+                provider,
+                upstream_id,
+            )
+        return file_from_row(rows[0]) if rows else None
+
+    async def list_files(
+        self, tenant: str, *, purpose: str | None, after: str | None, limit: int, order: str
+    ) -> Page[FileRecord]:
+        # Expired files are gone for clients even before the sweeper removes them.
+        where = "tenant = ? AND (expires_at IS NULL OR expires_at > ?)"
+        args = list[Any]([tenant, int(time.time())])
+        if purpose:
+            where += " AND purpose = ?"
+            args.append(purpose)
+        desc = order == "desc"
+        async with self._conn() as db:
+            if after is not None:
+                where += " AND seq < ?" if desc else " AND seq > ?"
+                args.append(await _seq(db, "files", after, tenant))
+            rows = await db.fetch(
+                f"SELECT {FILE_COLS} FROM files WHERE {where}"
+                f" ORDER BY seq {'DESC' if desc else 'ASC'} LIMIT ?",
+                *args,
+                limit + 1,
+            )
+        return Page([file_from_row(r) for r in rows[:limit]], len(rows) > limit)
+
+    async def delete_file(self, file_id: str) -> None:
+        async with self._tx() as db:
+            await db.execute("DELETE FROM upstream_files WHERE file_id = ?", file_id)
+            await db.execute("DELETE FROM files WHERE id = ?", file_id)
+
+    async def get_upstream_file(self, file_id: str, provider: str) -> str | None:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                "SELECT upstream_id FROM upstream_files WHERE file_id = ? AND provider = ?",
+                file_id,
+                provider,
+            )
+        return str(rows[0][0]) if rows else None
+
+    async def put_upstream_file(self, file_id: str, provider: str, upstream_id: str) -> None:
+        async with self._conn() as db:
+            await db.execute(
+                "INSERT INTO upstream_files (file_id, provider, upstream_id) VALUES (?,?,?)"
+                " ON CONFLICT (file_id, provider) DO UPDATE SET upstream_id = excluded.upstream_id",
+                file_id,
+                provider,
+                upstream_id,
+            )
+
+    async def delete_upstream_file(self, file_id: str, provider: str) -> None:
+        async with self._conn() as db:
+            await db.execute(
+                "DELETE FROM upstream_files WHERE file_id = ? AND provider = ?", file_id, provider
+            )
+
+    # batches
+
+    async def insert_batch(self, record: BatchRecord) -> None:
+        async with self._conn() as db:
+            await db.execute(
+                f"INSERT INTO batches ({BATCH_COLS}, status) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                record.id,
+                record.tenant,
+                record.provider,
+                record.input_file_id,
+                record.created_at,
+                to_json(record.object),
+                record.upstream_id,
+                record.pending,
+                record.output_ttl,
+                record.webhook,
+                record.status,
+            )
+
+    async def update_batch(self, record: BatchRecord, *, event: bytes | None = None) -> None:
+        update = (
+            "UPDATE batches SET object = ?, upstream_id = ?, pending = ?, status = ?, provider = ?"
+            " WHERE id = ?"
+        )
+        args = (
+            to_json(record.object),
+            record.upstream_id,
+            record.pending,
+            record.status,
+            record.provider,
+            record.id,
+        )
+        if event is None or record.webhook is None:
+            async with self._conn() as db:
+                await db.execute(update, *args)
+            return
+        # The webhook is queued with the state it reports, or not at all.
+        async with self._tx() as db:
+            await db.execute(update, *args)
+            await db.execute(
+                "INSERT INTO webhook_deliveries (batch_id, webhook, event, next_attempt_at)"
+                " VALUES (?, ?, ?, ?)",
+                record.id,
+                record.webhook,
+                event.decode(),
+                time.time(),
+            )
+
+    async def delete_batch(self, batch_id: str) -> None:
+        async with self._conn() as db:
+            await db.execute("DELETE FROM batches WHERE id = ?", batch_id)
+
+    async def get_batch(self, batch_id: str, tenant: str | None = None) -> BatchRecord | None:
+        sql = f"SELECT {BATCH_COLS} FROM batches WHERE id = ?"
+        args: tuple[Any, ...] = (batch_id,)
+        if tenant is not None:
+            sql += " AND tenant = ?"
+            args += (tenant,)
+        async with self._conn() as db:
+            rows = await db.fetch(sql, *args)
+        return batch_from_row(rows[0]) if rows else None
+
+    async def list_batches(
+        self, tenant: str, *, after: str | None, limit: int
+    ) -> Page[BatchRecord]:
+        where, args = "tenant = ?", list[Any]([tenant])
+        async with self._conn() as db:
+            if after is not None:
+                where += " AND seq < ?"
+                args.append(await _seq(db, "batches", after, tenant))
+            rows = await db.fetch(
+                f"SELECT {BATCH_COLS} FROM batches WHERE {where} ORDER BY seq DESC LIMIT ?",
+                *args,
+                limit + 1,
+            )
+        return Page([batch_from_row(r) for r in rows[:limit]], len(rows) > limit)
+
+    async def pending_batches(self) -> list[BatchRecord]:
+        async with self._conn() as db:
+            rows = await db.fetch(f"SELECT {BATCH_COLS} FROM batches WHERE pending ORDER BY seq")
+        return [batch_from_row(r) for r in rows]
+
+    async def count_active_batches(self, tenant: str) -> int:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                f"SELECT count(*) FROM batches WHERE tenant = ? AND {NOT_TERMINAL}", tenant
+            )
+        return int(rows[0][0])
+
+    async def bytes_stored(self, tenant: str) -> int:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                "SELECT coalesce(sum(bytes), 0) FROM files WHERE tenant = ? AND blob IS NOT NULL",
+                tenant,
+            )
+        return int(rows[0][0])  # PostgreSQL's sum() of bigint is a numeric
+
+    async def file_in_use(self, file_id: str) -> bool:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                f"SELECT 1 FROM batches WHERE input_file_id = ? AND {NOT_TERMINAL} LIMIT 1",
+                file_id,
+            )
+        return bool(rows)
+
+    async def expired_files(self, now: float, limit: int) -> list[FileRecord]:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                f"SELECT {FILE_COLS} FROM files WHERE expires_at IS NOT NULL AND expires_at <= ?"
+                " AND NOT EXISTS (SELECT 1 FROM batches WHERE input_file_id = files.id"
+                f" AND {NOT_TERMINAL}) ORDER BY expires_at LIMIT ?",
+                int(now),  # expires_at is whole seconds: <= now and <= floor(now) agree
+                limit,
+            )
+        return [file_from_row(r) for r in rows]
+
+    async def active_batches(self, provider: str | None = None) -> list[BatchRecord]:
+        sql = f"SELECT {BATCH_COLS} FROM batches WHERE {NOT_TERMINAL} AND NOT pending"
+        args: tuple[Any, ...] = ()
+        if provider is not None:
+            sql += " AND provider = ?"
+            args = (provider,)
+        async with self._conn() as db:
+            rows = await db.fetch(sql + " ORDER BY seq", *args)
+        return [batch_from_row(r) for r in rows]
+
+    async def count_batches(self) -> list[tuple[str, str, int]]:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                "SELECT provider, status, count(*) FROM batches WHERE NOT pending"
+                " GROUP BY provider, status"
+            )
+        return [(r[0], r[1], int(r[2])) for r in rows]
+
+    # webhook deliveries
+
+    async def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                "SELECT id, batch_id, webhook, event, attempts FROM webhook_deliveries"
+                " WHERE state = 'pending' AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at LIMIT ?",
+                float(now),
+                limit,
+            )
+        return [WebhookDelivery(r[0], r[1], r[2], r[3].encode(), r[4]) for r in rows]
+
+    async def finish_delivery(
+        self, delivery_id: int, *, delivered: bool, next_attempt_at: float | None, error: str | None
+    ) -> None:
+        state = "delivered" if delivered else "pending" if next_attempt_at is not None else "failed"
+        async with self._conn() as db:
+            await db.execute(
+                "UPDATE webhook_deliveries SET state = ?, attempts = attempts + 1,"
+                " next_attempt_at = coalesce(?, next_attempt_at), last_error = ? WHERE id = ?",
+                state,
+                None if next_attempt_at is None else float(next_attempt_at),
+                error,
+                delivery_id,
+            )
+
+    # leases (several pollers sharing the active batches)
+
+    async def claim_active_batches(
+        self,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        now: float,
+        provider: str | None = None,
+    ) -> list[BatchRecord]:
+        only = " AND provider = ?" if provider is not None else ""
+        args: tuple[Any, ...] = (provider,) if provider is not None else ()
+        async with self._tx() as db:
+            rows = await db.fetch(
+                "UPDATE batches SET lease_owner = ?, lease_until = ? WHERE seq IN ("
+                f"SELECT seq FROM batches WHERE {NOT_TERMINAL} AND NOT pending{only}"
+                " AND next_poll_at <= ? AND (lease_until IS NULL OR lease_until <= ?)"
+                f" ORDER BY next_poll_at, seq LIMIT ? {self.row_lock})"
+                f" RETURNING {BATCH_COLS}, next_poll_at, seq",
+                owner,
+                float(now + lease_seconds),
+                *args,
+                float(now),
+                float(now),
+                limit,
+            )
+        # RETURNING follows no ORDER BY on either backend.
+        rows.sort(key=lambda r: (r[-2], r[-1]))
+        return [batch_from_row(r) for r in rows]
+
+    async def release_batch(self, batch_id: str, owner: str, next_poll_at: float) -> bool:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                "UPDATE batches SET lease_owner = NULL, lease_until = NULL, next_poll_at = ?"
+                " WHERE id = ? AND lease_owner = ? RETURNING seq",
+                float(next_poll_at),
+                batch_id,
+                owner,
+            )
+        return bool(rows)
+
+    async def acquire_lease(self, name: str, owner: str, seconds: float, now: float) -> bool:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                "INSERT INTO leases (name, owner, until) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until"
+                " WHERE leases.owner = excluded.owner OR leases.until <= ?"
+                " RETURNING owner",
+                name,
+                owner,
+                float(now + seconds),
+                float(now),
+            )
+        return bool(rows)
+
+    # rate windows (limits that hold across replicas)
+
+    async def hit_rate_window(self, key: str, window_start: int, limit: int) -> tuple[bool, int]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        async with self._tx() as db:
+            # One statement: the insert-or-increment is atomic on both backends, and
+            # the WHERE makes a refused hit update (and so return) nothing.
+            rows = await db.fetch(
+                "INSERT INTO rate_windows (key, window_start, hits) VALUES (?, ?, 1)"
+                " ON CONFLICT (key, window_start) DO UPDATE SET hits = rate_windows.hits + 1"
+                " WHERE rate_windows.hits < ? RETURNING hits",
+                key,
+                window_start,
+                limit,
+            )
+            if rows:
+                return True, int(rows[0][0])
+            rows = await db.fetch(
+                "SELECT hits FROM rate_windows WHERE key = ? AND window_start = ?",
+                key,
+                window_start,
+            )
+        return False, int(rows[0][0])
+
+    async def prune_rate_windows(self, before: int) -> int:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                "DELETE FROM rate_windows WHERE window_start < ? RETURNING window_start", before
+            )
+        return len(rows)
+
+
+async def _seq(db: Executor, table: str, object_id: str, tenant: str) -> int:
+    """The keyset position of a cursor id the tenant can see."""
+    rows = await db.fetch(f"SELECT seq FROM {table} WHERE id = ? AND tenant = ?", object_id, tenant)
+    if not rows:
+        raise UnknownCursor(object_id)
+    return int(rows[0][0])

@@ -25,17 +25,22 @@ def serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from gateway.app import create_app
+    from gateway.runtime import loop_name, new_event_loop
 
     config = _load(args.config)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    loop = new_event_loop()
     web.run_app(
         create_app(config),
         host=host,
         port=port,
         access_log=None,
-        print=lambda _: logging.getLogger("gateway").info("listening on http://%s:%s", host, port),
+        print=lambda _: logging.getLogger("gateway").info(
+            "listening on http://%s:%s (%s)", host, port, loop_name(loop)
+        ),
+        loop=loop,
     )
     return 0
 

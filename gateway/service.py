@@ -7,7 +7,6 @@ and `_normalize` is the one place an upstream batch becomes a public object.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -84,16 +83,15 @@ class GatewayService:
             max_lines=self.limits.max_file_lines,
             max_line_bytes=self.limits.max_line_bytes,
         )
-        digest = hashlib.sha256()
         size = 0
         writer = self.blobs.writer(file_id)
         try:
             async for chunk in chunks:
                 validator.feed(chunk)
-                digest.update(chunk)
-                writer.write(chunk)
+                await writer.write(chunk)  # hashed and written on a worker thread
                 size += len(chunk)
             summary = validator.finish()
+            sha256 = await writer.finish()
         except JSONLError as exc:
             writer.abort()
             raise InvalidRequest(
@@ -115,7 +113,7 @@ class GatewayService:
             bytes=size,
             created_at=now,
             expires_at=now + ttl,
-            sha256=digest.hexdigest(),
+            sha256=sha256,
             line_count=summary.line_count,
             endpoint=summary.endpoint,
             models=summary.models,

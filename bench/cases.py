@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from bench.data import ENDPOINT, config_has, migrate, seed_batches, write_jsonl
+from bench.data import ENDPOINT, migrate, seed_batches, write_jsonl
 from bench.harness import Harness, Server, both
 from bench.procs import REPO, python
 from bench.report import Row, lat, mb, ms, rps
@@ -374,9 +374,7 @@ class Cases(Harness):
         print(f"7. poller ({n:,} active batches, {s.poller_latency_ms:.0f} ms upstream)")
         name = f"{ROWS[12]} ({n:,} active, {s.poller_latency_ms:.0f} ms upstream)"
         db, config = self.work / "poller.db", self.work / "poller.yaml"
-        # The probe calls sweep_once() itself: no background loop racing it.
-        off = {"poller": {"enabled": False}} if config_has("poller") else None
-        self.write_gateway_config(config, db, self.work / "poller-files", off)
+        self.write_gateway_config(config, db, self.work / "poller-files")  # poller loop off
         await migrate(db)
         seed_batches(db, n, file_id, status="in_progress", provider="sim")
         await self.json("POST", self.sim.url("/_config"), {"latency_ms": s.poller_latency_ms})

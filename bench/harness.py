@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.data import ENDPOINT
+from bench.data import ENDPOINT, config_has
 from bench.load import LoadResult, check_loopback, run_load
 from bench.procs import Proc, free_port, python
 from bench.report import Row
@@ -91,6 +91,10 @@ class Harness:
             **GATEWAY_CONFIG_EXTRA,
             **(extra or {}),
         }
+        if config_has("poller"):
+            # Item 7 times sweeps itself; a background sweep would add upstream calls to
+            # items 1-3 (and break item 2's "no upstream call").
+            config["poller"] = {"enabled": False}
         path.write_bytes(orjson.dumps(config, option=orjson.OPT_INDENT_2))  # JSON is YAML
 
     def start_gateway(self, name: str, workers: int | None = None) -> Server:

@@ -250,8 +250,10 @@ async def _measure(h: Harness, ll: Server, rows: tuple[str, ...], tag: str) -> N
     path = h.work / "litellm-upload.jsonl"
     size = write_jsonl(path, s.litellm_upload_lines, s.line_bytes)
     label = f"{rows[3]} ({size / 1e6:.0f} MB, {s.litellm_upload_lines:,} lines)"
+    before = (await h.json("GET", h.sim.url("/_stats"))).get("upload_bytes", 0)
     async with h.rss_watch(ll.proc) as mem:
         status, raw, seconds = await h.upload(ll.url("/v1/files"), path, timeout=300)
+    forwarded = (await h.json("GET", h.sim.url("/_stats"))).get("upload_bytes", 0) - before
     if status != 200:
         h.add(Row(label, f"{tag}: failed, HTTP {status}: {raw[:160]!r}"))
         return
@@ -262,11 +264,18 @@ async def _measure(h: Harness, ll: Server, rows: tuple[str, ...], tag: str) -> N
     h.add(
         Row(
             label,
-            f"{tag}: {rate:,.0f} MB/s, peak RSS +{mb(mem['growth_kb'])}",
+            f"{tag}: {rate:,.0f} MB/s, peak RSS +{mb(mem['growth_kb'])},"
+            f" {forwarded / 1e6:.0f} MB forwarded to the simulator",
             f"gateway {gw_rate:,.0f} MB/s, +{mb(gw_growth)}",
             f"gateway {gw_rate / rate:,.1f}×",
             "gateway ahead",
             gw_rate > rate,
-            {"litellm_mb_per_s": rate, "bytes": size, "seconds": seconds, **mem},
+            {
+                "litellm_mb_per_s": rate,
+                "bytes": size,
+                "forwarded_bytes": forwarded,
+                "seconds": seconds,
+                **mem,
+            },
         )
     )

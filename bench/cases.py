@@ -11,7 +11,7 @@ import orjson
 
 from bench.data import ENDPOINT, migrate, seed_batches, write_jsonl
 from bench.harness import Harness, Server, both
-from bench.procs import REPO, python
+from bench.procs import REPO, Proc, free_port, python
 from bench.report import Row, lat, mb, ms, rps
 
 MB = 1_000_000
@@ -19,6 +19,7 @@ KB_30MB = 30 * 1024
 
 ROWS = (
     "1. active retrieve c=1",
+    "1. bare aiohttp proxy, active retrieve c=1",
     "1. active retrieve c=64",
     "1. active retrieve c=64, one id (single-flight)",
     "1. active retrieve c=64, --workers 2",
@@ -73,7 +74,7 @@ class Cases(Harness):
             else:
                 self.add(
                     Row(
-                        ROWS[1],
+                        ROWS[2],
                         f"{rps(g.rps)}, {lat(g)}, {calls}",
                         f"direct {rps(d.rps)}, {lat(d)}",
                         f"{g.rps / d.rps:.2f}× direct",
@@ -83,18 +84,54 @@ class Cases(Harness):
                     )
                 )
 
+        await self.bare_proxy(sim_urls)
+
         # All 64 clients on one batch: concurrent refreshes share one upstream call.
         w = 200
         g = await self.counted(self.load(gw, gw_urls[0], 64, s.c64_requests, w), w)
         self.add(
             Row(
-                ROWS[2],
+                ROWS[3],
                 f"{rps(g.rps)}, {lat(g)}",
                 "—",
                 f"{g.extra['upstream_calls_per_request']:.2f} upstream calls/request",
                 "reported separately",
                 None,
                 both(None, g),
+            )
+        )
+
+    async def bare_proxy(self, sim_urls: list[str]) -> None:
+        """The same c=1 retrieve through bench/refproxy.py: what any aiohttp hop costs here."""
+        s = self.s
+        port = free_port()
+        argv = [python(), "-m", "bench.refproxy", "--port", str(port), "--upstream", self.sim.base]
+        proc = Proc("refproxy", argv, self.work)
+        self.procs.append(proc)
+        ref = Server(proc, f"http://127.0.0.1:{port}")
+        try:
+            proc.wait_http(ref.url("/health"))
+            ref_urls = [ref.url(u.removeprefix(self.sim.base)) for u in sim_urls]
+            n, w = s.c1_requests, min(200, s.c1_requests)
+            d, r = await self.pair(
+                lambda: self.load(self.sim, sim_urls, 1, n, w),
+                lambda: self.load(ref, ref_urls, 1, n, w),
+                lambda x: x.p50,
+            )
+        finally:
+            self.stop(ref)
+        added = r.p50 - d.p50
+        ours = self.find(ROWS[0])
+        gw_added = ours.data["added_p50_ms"] if ours else float("nan")
+        self.add(
+            Row(
+                ROWS[1],
+                f"{lat(r)}, +{ms(added)} over direct (no store, no middleware, no parsing)",
+                f"direct {lat(d)}",
+                f"the gateway adds {ms(gw_added - added)} more",
+                "reference",
+                None,
+                {**both(d, r), "added_p50_ms": added, "gateway_minus_bare_ms": gw_added - added},
             )
         )
 
@@ -121,7 +158,7 @@ class Cases(Harness):
         calls = g.extra["upstream_calls"]
         self.add(
             Row(
-                ROWS[4],
+                ROWS[5],
                 f"{rps(g.rps)}, {lat(g)}, {calls} upstream calls",
                 f"direct {rps(d.rps)}, {lat(d)}",
                 f"{g.rps / d.rps:.2f}× direct",
@@ -156,7 +193,7 @@ class Cases(Harness):
                 added = g.p50 - d.p50
                 self.add(
                     Row(
-                        ROWS[5],
+                        ROWS[6],
                         f"{lat(g)}, {rps(g.rps)}",
                         f"direct {lat(d)}",
                         f"+{ms(added)} p50",
@@ -168,7 +205,7 @@ class Cases(Harness):
             else:
                 self.add(
                     Row(
-                        ROWS[6],
+                        ROWS[7],
                         f"{rps(g.rps)}, {lat(g)}",
                         f"direct {rps(d.rps)}, {lat(d)}",
                         f"{g.rps / d.rps:.2f}× direct",
@@ -215,7 +252,7 @@ class Cases(Harness):
         growth = max(r["growth_kb"] for r in rounds)
         self.add(
             Row(
-                f"{ROWS[7]} ({size / MB:.0f} MB, {s.upload_lines:,} lines)",
+                f"{ROWS[8]} ({size / MB:.0f} MB, {s.upload_lines:,} lines)",
                 f"{rate:,.0f} MB/s, peak RSS +{mb(growth)}",
                 f"direct {direct_rate:,.0f} MB/s (simulator: no validation, not stored)",
                 f"{rate / direct_rate:.2f}× direct",
@@ -268,7 +305,7 @@ class Cases(Harness):
         growth = max(r["growth_kb"] for r in rounds)
         self.add(
             Row(
-                f"{ROWS[8]} ({size / MB:.0f} MB)",
+                f"{ROWS[9]} ({size / MB:.0f} MB)",
                 f"{rate:,.0f} MB/s, peak RSS +{mb(growth)}",
                 f"direct {direct_rate:,.0f} MB/s",
                 f"{rate / direct_rate:.2f}× direct",
@@ -288,7 +325,7 @@ class Cases(Harness):
         rate = best["bytes"] / MB / best["seconds"]
         self.add(
             Row(
-                f"{ROWS[9]} ({best['bytes'] / MB:.0f} MB, sendfile)",
+                f"{ROWS[10]} ({best['bytes'] / MB:.0f} MB, sendfile)",
                 f"{rate:,.0f} MB/s, peak RSS +{mb(growth)}",
                 target="< 30 MB RSS",
                 met=growth < KB_30MB,
@@ -310,8 +347,8 @@ class Cases(Harness):
         page = await self.json("GET", gw.url(f"/v1/batches?limit=20&after={after}"))
         assert len(page["data"]) == 20 and page["has_more"], page
         for name, url, where in (
-            (ROWS[10], gw.url("/v1/batches?limit=20"), "limit=20"),
-            (ROWS[11], gw.url(f"/v1/batches?limit=20&after={after}"), f"after the {depth:,}th"),
+            (ROWS[11], gw.url("/v1/batches?limit=20"), "limit=20"),
+            (ROWS[12], gw.url(f"/v1/batches?limit=20&after={after}"), f"after the {depth:,}th"),
         ):
             results = [
                 await self.load(gw, url, 1, s.list_requests, warmup=20) for _ in range(s.rounds)
@@ -338,7 +375,7 @@ class Cases(Harness):
             timeout=60,
         ).stdout
         if "--workers" not in help_text:
-            self.add(Row(ROWS[3], "not available (`serve --workers` is not in this build)"))
+            self.add(Row(ROWS[4], "not available (`serve --workers` is not in this build)"))
             return
         print("1. active retrieve, --workers 2", flush=True)
         s = self.s
@@ -352,11 +389,11 @@ class Cases(Harness):
         finally:
             self.stop(gw)
         g = max(results, key=lambda r: r.rps)
-        single = self.find(ROWS[1])
+        single = self.find(ROWS[2])
         one = single.data["gateway"]["rps"] if single else float("nan")
         self.add(
             Row(
-                ROWS[3],
+                ROWS[4],
                 f"{rps(g.rps)}, {lat(g)}",
                 f"one process {rps(one)}",
                 f"{g.rps / one:.2f}× one process",
@@ -372,7 +409,7 @@ class Cases(Harness):
         s = self.s
         n = s.poller_batches
         print(f"7. poller ({n:,} active batches, {s.poller_latency_ms:.0f} ms upstream)")
-        name = f"{ROWS[12]} ({n:,} active, {s.poller_latency_ms:.0f} ms upstream)"
+        name = f"{ROWS[13]} ({n:,} active, {s.poller_latency_ms:.0f} ms upstream)"
         db, config = self.work / "poller.db", self.work / "poller.yaml"
         self.write_gateway_config(config, db, self.work / "poller-files")  # poller loop off
         await migrate(db)

@@ -12,7 +12,7 @@ import orjson
 from bench.data import ENDPOINT, migrate, seed_batches, write_jsonl
 from bench.harness import Harness, Server, both
 from bench.procs import REPO, Proc, free_port, python
-from bench.report import Row, lat, mb, ms, rps
+from bench.report import Row, cpu, lat, mb, ms, rps
 
 MB = 1_000_000
 KB_30MB = 30 * 1024
@@ -63,7 +63,7 @@ class Cases(Harness):
                 self.add(
                     Row(
                         ROWS[0],
-                        f"{lat(g)}, {rps(g.rps)}, {calls}",
+                        f"{lat(g)}, {rps(g.rps)}, {calls}, {cpu(g)}",
                         f"direct {lat(d)}, {rps(d.rps)}",
                         f"+{ms(added)} p50",
                         "≤ +0.50 ms p50",
@@ -75,7 +75,7 @@ class Cases(Harness):
                 self.add(
                     Row(
                         ROWS[2],
-                        f"{rps(g.rps)}, {lat(g)}, {calls}",
+                        f"{rps(g.rps)}, {lat(g)}, {calls}, {cpu(g)}",
                         f"direct {rps(d.rps)}, {lat(d)}",
                         f"{g.rps / d.rps:.2f}× direct",
                         "≥ 2,000 req/s",
@@ -159,7 +159,7 @@ class Cases(Harness):
         self.add(
             Row(
                 ROWS[5],
-                f"{rps(g.rps)}, {lat(g)}, {calls} upstream calls",
+                f"{rps(g.rps)}, {lat(g)}, {calls} upstream calls, {cpu(g)}",
                 f"direct {rps(d.rps)}, {lat(d)}",
                 f"{g.rps / d.rps:.2f}× direct",
                 "≥ 5,000 req/s, no upstream call",
@@ -194,7 +194,7 @@ class Cases(Harness):
                 self.add(
                     Row(
                         ROWS[6],
-                        f"{lat(g)}, {rps(g.rps)}",
+                        f"{lat(g)}, {rps(g.rps)}, {cpu(g)}",
                         f"direct {lat(d)}",
                         f"+{ms(added)} p50",
                         "≤ +1.50 ms p50",
@@ -206,7 +206,7 @@ class Cases(Harness):
                 self.add(
                     Row(
                         ROWS[7],
-                        f"{rps(g.rps)}, {lat(g)}",
+                        f"{rps(g.rps)}, {lat(g)}, {cpu(g)}",
                         f"direct {rps(d.rps)}, {lat(d)}",
                         f"{g.rps / d.rps:.2f}× direct",
                         "—",
@@ -357,7 +357,7 @@ class Cases(Harness):
             self.add(
                 Row(
                     f"{name} ({where}, {n:,} batches)",
-                    f"{lat(g)}, {rps(g.rps)}",
+                    f"{lat(g)}, {rps(g.rps)}, {cpu(g)}",
                     target="≤ 5 ms p50",
                     met=g.p50 <= 5.0,
                     data=both(None, g),

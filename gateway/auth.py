@@ -68,7 +68,7 @@ class Authenticator:
         token = None
         if authorization and authorization[:7].lower() == "bearer ":
             token = authorization[7:].strip()
-        if token:
+        if token and self._keys:
             digest = hashlib.sha256(token.encode()).digest()
             found = None
             for expected, name in self._keys:  # no early exit: timing says nothing

@@ -34,6 +34,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from gateway.app import SERVER_ARGS, create_app
     from gateway.auth import exposure_warning
+    from gateway.runtime import loop_name, new_event_loop
 
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
@@ -43,6 +44,7 @@ def serve(args: argparse.Namespace) -> int:
     elif warning := exposure_warning(host, config.auth):
         banner = "!" * 78
         log.warning("\n%s\n%s\n%s", banner, warning, banner)
+    loop = new_event_loop()
     web.run_app(
         create_app(config, config_path=Path(args.config).resolve(), primary=args.worker_index == 0),
         host=host,
@@ -50,7 +52,8 @@ def serve(args: argparse.Namespace) -> int:
         access_log=None,
         reuse_port=args.reuse_port,
         **SERVER_ARGS,
-        print=lambda _: log.info("listening on http://%s:%s", host, port),
+        print=lambda _: log.info("listening on http://%s:%s (%s)", host, port, loop_name(loop)),
+        loop=loop,
     )
     return 0
 

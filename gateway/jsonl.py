@@ -13,6 +13,8 @@ import orjson
 
 from providers.base import ALL_ENDPOINTS
 
+_BLANK = frozenset(b" \t\r\n\x0b\x0c")
+
 
 class JSONLError(Exception):
     def __init__(self, line: int | None, reason: str) -> None:
@@ -52,20 +54,24 @@ class JSONLValidator:
         self._total += len(chunk)
         if self._total > self.max_bytes:
             raise TooLarge(f"The file is larger than the limit of {self.max_bytes} bytes.")
-        if b"\n" not in chunk:
+        end = chunk.find(b"\n")
+        if end < 0:
             self._buffer += chunk
             self._check_line_size()
             return
-        lines = chunk.split(b"\n")
+        # Lines are handed to the parser as views into the chunk: no copy per line.
+        view = memoryview(chunk)
         if self._buffer:
-            self._buffer += lines[0]
+            self._buffer += view[:end]
             self._line(bytes(self._buffer))
             self._buffer.clear()
         else:
-            self._line(lines[0])
-        for line in lines[1:-1]:
-            self._line(line)
-        self._buffer += lines[-1]
+            self._line(view[:end])
+        start = end + 1
+        while (end := chunk.find(b"\n", start)) >= 0:
+            self._line(view[start:end])
+            start = end + 1
+        self._buffer += view[start:]
         self._check_line_size()
 
     def finish(self) -> Summary:
@@ -83,12 +89,13 @@ class JSONLValidator:
                 f"the line is longer than the limit of {self.max_line_bytes} bytes",
             )
 
-    def _line(self, raw: bytes) -> None:
+    def _line(self, raw: bytes | memoryview) -> None:
         self._lineno += 1
         n = self._lineno
         if len(raw) > self.max_line_bytes:
             raise JSONLError(n, f"the line is longer than the limit of {self.max_line_bytes} bytes")
-        if not raw.strip():
+        # Blank lines are skipped; only a line that starts blank is copied to check the rest.
+        if not raw or (raw[0] in _BLANK and not bytes(raw).strip()):
             return
         try:
             obj = orjson.loads(raw)

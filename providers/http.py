@@ -24,6 +24,9 @@ from providers.base import BaseProvider, ErrorKind, ProviderError
 
 _UPSTREAM_ID = re.compile(r"\b(?:file|batch|msgbatch|req|batch_req)[-_][A-Za-z0-9_-]+")
 CHUNK = 256 * 1024
+# How much of a streamed download may wait in the client's buffer before reading
+# pauses (aiohttp's default, 64 KiB, pauses the socket after every read).
+STREAM_BUFFER = 1024 * 1024
 
 
 def kind_for_status(status: int) -> ErrorKind:
@@ -135,6 +138,9 @@ class HTTPProvider(BaseProvider):
                 timeout=self._timeout,
                 json_serialize=lambda o: orjson.dumps(o).decode(),
                 connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
+                # Provider APIs authenticate by header; a real jar only costs a
+                # cookie filter and update on every call.
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 
@@ -172,10 +178,10 @@ class HTTPProvider(BaseProvider):
     async def stream(self, path: str) -> AsyncIterator[AsyncIterator[bytes]]:
         """GET `path` and yield its body as chunks; errors surface on entry."""
         with transport_errors():
-            async with self.session.get(self.base_url + path) as resp:
+            async with self.session.get(self.base_url + path, read_bufsize=STREAM_BUFFER) as resp:
                 if resp.status >= 400:
                     raise self.http_error(resp.status, await resp.read(), resp.headers)
-                yield resp.content.iter_chunked(CHUNK)
+                yield _received(resp.content)
 
     def http_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> ProviderError:
         message, code = self.error_detail(body)
@@ -203,3 +209,10 @@ class HTTPProvider(BaseProvider):
         if isinstance(error, str):
             return error, None
         return None, None
+
+
+async def _received(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The body in the pieces the socket delivered: no re-slicing or joining copies."""
+    async for data, _ in content.iter_chunks():
+        if data:
+            yield data

@@ -8,6 +8,7 @@ answers only `{id, object, status}`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping
 from typing import IO, Any
 
@@ -52,9 +53,12 @@ def _timestamp(value: Any) -> int | None:
     return int(value) if value >= _MIN_TIMESTAMP else None
 
 
+_NOT_IN_IDS = re.compile(r"[<> \t\n]")
+
+
 def _str_id(value: Any) -> str | None:
     """A real id, or None for null / empty / documentation placeholders like "<string>"."""
-    if not isinstance(value, str) or not value or any(c in value for c in "<> \t\n"):
+    if not isinstance(value, str) or not value or _NOT_IN_IDS.search(value):
         return None
     return value
 

@@ -1,0 +1,1 @@
+"""Benchmarks of the gateway against a fast upstream simulator: `python -m bench`."""

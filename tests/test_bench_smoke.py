@@ -1,0 +1,29 @@
+"""`python -m bench --quick` still runs end to end and prints every row; no speed is asserted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+from bench.cases import ROWS
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_quick_bench_runs_and_prints_every_row(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for name in ROWS:
+        assert name in done.stdout, f"row {name!r} missing:\n{done.stdout[-3000:]}"
+    results = orjson.loads((tmp_path / "latest.json").read_bytes())
+    assert len(results["rows"]) == len(ROWS)
+    assert (tmp_path / "latest.md").read_text().count("\n| ") >= len(ROWS)

@@ -21,6 +21,9 @@ from gateway.logs import Handler, request_id, route_of
 
 log = logging.getLogger("gateway.access")
 
+# Scrapes and probes arrive every few seconds; logging each would drown the rest.
+QUIET_ROUTES = frozenset({"/metrics", "/health/live", "/health/ready"})
+
 
 def observe_middleware(access_log: bool) -> Callable[..., Any]:
     @web.middleware
@@ -47,7 +50,7 @@ def observe_middleware(access_log: bool) -> Callable[..., Any]:
             elapsed = time.perf_counter() - started
             route = route_of(request)
             metrics.record_http(route, request.method, status, elapsed, waited[0])
-            if access_log:
+            if access_log and route not in QUIET_ROUTES:
                 log.info(
                     "%s %s %s",
                     request.method,

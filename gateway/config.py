@@ -174,7 +174,7 @@ class PollerConfig(_Model):
     enabled: bool = True
     interval_seconds: float = Field(30.0, gt=0)
     jitter: float = Field(0.1, ge=0, le=1)
-    concurrency_per_provider: int = Field(8, ge=1)
+    concurrency_per_provider: int = Field(32, ge=1)
     # How long a replica holds a batch it polls (and the housekeeping role); a replica
     # that dies hands them over when this runs out. Keep it above the slowest refresh.
     lease_seconds: float = Field(120.0, gt=0)
@@ -328,6 +328,9 @@ class Config(_Model):
     poller: PollerConfig = PollerConfig()
     logging: LoggingConfig = LoggingConfig()
     webhooks: dict[str, WebhookConfig] = {}
+    # Serve an active batch's last state for this long before asking the provider again
+    # (0: every retrieve of an active batch reaches the provider; concurrent ones share one call).
+    retrieve_cache_seconds: float = Field(0.0, ge=0)
     # Folder that relative paths were resolved against (the config file's own).
     base_dir: Path = Field(Path("."), exclude=True)
 

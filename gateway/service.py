@@ -12,7 +12,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import partial
@@ -59,6 +59,11 @@ class BatchView:
     object: dict[str, Any]
     # True when the provider could not be reached and the stored state is shown.
     stale: bool = False
+    # The object already serialized (terminal batches never change, so it is cached).
+    body: bytes | None = None
+
+
+TERMINAL_CACHE_SIZE = 10_000
 
 
 class GatewayService(FileUseCases):
@@ -75,6 +80,10 @@ class GatewayService(FileUseCases):
         self.blobs = blobs
         self.events = events or ServiceEvents()
         self._refreshing: dict[str, asyncio.Future[BatchView]] = {}
+        # Terminal batches by id: (tenant, object, serialized body), least recent first.
+        self._terminal: OrderedDict[str, tuple[str, dict[str, Any], bytes]] = OrderedDict()
+        # When each active batch was last refreshed (for `retrieve_cache_seconds`).
+        self._refreshed_at: dict[str, float] = {}
         # Serializes "count active batches, then insert" per tenant (one process).
         self._admission: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.reconfigure(config, providers, router)
@@ -214,8 +223,21 @@ class GatewayService(FileUseCases):
             return None
 
     async def retrieve_batch(self, tenant: str, batch_id: str) -> BatchView:
+        cached = self._terminal.get(batch_id)
+        if cached is not None and cached[0] == tenant:
+            self._terminal.move_to_end(batch_id)
+            return BatchView(cached[1], body=cached[2])
         record = await self._batch(tenant, batch_id)
-        if record.pending or record.status in TERMINAL_STATUSES:
+        if record.status in TERMINAL_STATUSES:
+            body = orjson.dumps(record.object)
+            self._terminal[batch_id] = (tenant, record.object, body)
+            if len(self._terminal) > TERMINAL_CACHE_SIZE:
+                self._terminal.popitem(last=False)
+            return BatchView(record.object, body=body)
+        if record.pending:
+            return BatchView(record.object)
+        ttl = self.config.retrieve_cache_seconds
+        if ttl and time.monotonic() - self._refreshed_at.get(batch_id, -ttl) < ttl:
             return BatchView(record.object)
         return await self.refresh(record)
 
@@ -262,6 +284,10 @@ class GatewayService(FileUseCases):
         try:
             view = await self._refresh(record)
             future.set_result(view)
+            if self.config.retrieve_cache_seconds and not view.stale:
+                self._refreshed_at[record.id] = time.monotonic()
+                if len(self._refreshed_at) > TERMINAL_CACHE_SIZE:
+                    self._refreshed_at.pop(next(iter(self._refreshed_at)))
             return view
         except BaseException as exc:
             future.set_exception(exc)

@@ -185,3 +185,28 @@ async def test_upstream_key_rejected_is_502_without_the_key(
     text = str(info.value.body)
     assert "sk-wrong-key-789" not in text and str(upstream.make_url("/")) not in text
     assert state.auth_headers == ["Bearer sk-wrong-key-789"]
+
+
+async def test_retrieve_cache_serves_recent_state_without_upstream_calls(
+    start_gateway: StartGateway,
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    tmp_path: Path,
+) -> None:
+    upstream = await aiohttp_server(make_openai_upstream(KEY))
+    provider = {"type": "openai", "base_url": str(upstream.make_url("/v1")), "api_key": KEY}
+    config = make_config(
+        tmp_path,
+        providers={"anyapi": provider},
+        default="anyapi",
+        retrieve_cache_seconds=60,
+        poller={"enabled": False},
+    )
+    gw = await start_gateway(config)
+    batch = await create(gw, await upload(gw))
+    state = upstream.app[UPSTREAM]
+    polls = lambda: sum(1 for m, p in state.requests if m == "GET" and "/batches/" in p)  # noqa: E731
+    first = await gw.client.batches.retrieve(batch.id)
+    assert polls() == 1 and first.status == "in_progress"
+    for _ in range(5):
+        assert (await gw.client.batches.retrieve(batch.id)).status == "in_progress"
+    assert polls() == 1  # within the TTL: answered from the store

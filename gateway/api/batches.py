@@ -41,6 +41,8 @@ async def create(request: web.Request) -> web.Response:
 
 async def retrieve(request: web.Request) -> web.Response:
     view = await service(request).retrieve_batch(tenant_of(request), request.match_info["batch_id"])
+    if view.body is not None:
+        return web.Response(body=view.body, content_type="application/json")
     headers = {STALE_HEADER: "true", "Warning": '110 - "Response is Stale"'} if view.stale else None
     return json_response(view.object, headers=headers)
 

@@ -43,6 +43,10 @@ class SQLStore(ABC):
     def _tx(self) -> AbstractAsyncContextManager[Executor]:
         """A transaction: committed on exit, rolled back on any exception."""
 
+    def _read(self) -> AbstractAsyncContextManager[Executor]:
+        """A connection for small read-only queries (a backend may make these cheaper)."""
+        return self._conn()
+
     @abstractmethod
     def _exclusive(self) -> AbstractAsyncContextManager[Executor]:
         """A transaction no other process runs at the same time (for migrations)."""
@@ -86,12 +90,12 @@ class SQLStore(ABC):
         if tenant is not None:
             sql += " AND tenant = ?"
             args += (tenant,)
-        async with self._conn() as db:
+        async with self._read() as db:
             rows = await db.fetch(sql, *args)
         return file_from_row(rows[0]) if rows else None
 
     async def find_file_by_upstream(self, provider: str, upstream_id: str) -> FileRecord | None:
-        async with self._conn() as db:
+        async with self._read() as db:
             rows = await db.fetch(
                 f"SELECT {FILE_COLS} FROM files WHERE provider = ? AND upstream_id = ?",
                 provider,
@@ -109,7 +113,7 @@ class SQLStore(ABC):
             where += " AND purpose = ?"
             args.append(purpose)
         desc = order == "desc"
-        async with self._conn() as db:
+        async with self._read() as db:
             if after is not None:
                 where += " AND seq < ?" if desc else " AND seq > ?"
                 args.append(await _seq(db, "files", after, tenant))
@@ -127,7 +131,7 @@ class SQLStore(ABC):
             await db.execute("DELETE FROM files WHERE id = ?", file_id)
 
     async def get_upstream_file(self, file_id: str, provider: str) -> str | None:
-        async with self._conn() as db:
+        async with self._read() as db:
             rows = await db.fetch(
                 "SELECT upstream_id FROM upstream_files WHERE file_id = ? AND provider = ?",
                 file_id,
@@ -209,7 +213,7 @@ class SQLStore(ABC):
         if tenant is not None:
             sql += " AND tenant = ?"
             args += (tenant,)
-        async with self._conn() as db:
+        async with self._read() as db:
             rows = await db.fetch(sql, *args)
         return batch_from_row(rows[0]) if rows else None
 
@@ -217,7 +221,7 @@ class SQLStore(ABC):
         self, tenant: str, *, after: str | None, limit: int
     ) -> Page[BatchRecord]:
         where, args = "tenant = ?", list[Any]([tenant])
-        async with self._conn() as db:
+        async with self._read() as db:
             if after is not None:
                 where += " AND seq < ?"
                 args.append(await _seq(db, "batches", after, tenant))

@@ -36,12 +36,35 @@ class _SQLiteExecutor:
                 await self.execute(statement)
 
 
+class _ReadExecutor:
+    """Point reads and small pages on the event loop's own thread.
+
+    A read of an indexed row takes microseconds, far less than the hand-off to
+    aiosqlite's thread and back. In WAL mode readers never wait for writers, and
+    with autocommit each statement sees every commit made before it.
+    """
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return self._db.execute(sql, args).fetchall()
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        raise TypeError("the read connection does not write")
+
+    async def script(self, sql: str) -> None:
+        raise TypeError("the read connection does not write")
+
+
 class SQLiteStore(SQLStore):
     dialect = "sqlite"
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, reader: sqlite3.Connection | None = None) -> None:
         self._db = db
         self._executor = _SQLiteExecutor(db)
+        self._reader = reader
+        self._read_executor = _ReadExecutor(reader) if reader is not None else None
         # One connection serves every task: without this lock, a statement of one
         # task could land inside another task's open transaction (and its rollback).
         self._lock = asyncio.Lock()
@@ -61,10 +84,23 @@ class SQLiteStore(SQLStore):
         except BaseException:
             await db.close()
             raise
+        if path != ":memory:":
+            reader = sqlite3.connect(
+                f"file:{Path(path).resolve()}?mode=ro", uri=True, isolation_level=None
+            )
+            reader.execute("PRAGMA busy_timeout=5000")
+            store._reader, store._read_executor = reader, _ReadExecutor(reader)
         return store
 
     async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
         await self._db.close()
+
+    def _read(self) -> AbstractAsyncContextManager[Executor]:
+        if self._read_executor is None:
+            return self._conn()
+        return _ready(self._read_executor)
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[Executor]:
@@ -88,6 +124,11 @@ class SQLiteStore(SQLStore):
     def _exclusive(self) -> AbstractAsyncContextManager[Executor]:
         # BEGIN IMMEDIATE already excludes every other writer of the file.
         return self._tx()
+
+
+@asynccontextmanager
+async def _ready(executor: Executor) -> AsyncIterator[Executor]:
+    yield executor
 
 
 async def _use_wal(db: aiosqlite.Connection) -> None:

@@ -305,7 +305,7 @@ class GatewayService(FileUseCases):
                 "batch %s: provider %s unavailable (%s)", record.id, record.provider, exc.kind
             )
             return BatchView(record.object, stale=True)
-        await self._apply(record, upstream)
+        await self._apply(record, upstream, only_if_changed=True)
         return BatchView(record.object)
 
     async def reconcile_pending(self, grace_seconds: float) -> int:
@@ -389,9 +389,14 @@ class GatewayService(FileUseCases):
         await self.store.put_upstream_file(file.id, provider.name, upstream_id)
         return upstream_id
 
-    async def _apply(self, record: BatchRecord, upstream: UpstreamBatch) -> None:
+    async def _apply(
+        self, record: BatchRecord, upstream: UpstreamBatch, *, only_if_changed: bool = False
+    ) -> None:
         was_terminal = record.status in TERMINAL_STATUSES
-        record.object = await self._normalize(record, upstream)
+        normalized = await self._normalize(record, upstream)
+        if only_if_changed and normalized == record.object:
+            return  # most polls of a running batch change nothing: skip the write
+        record.object = normalized
         ends = not was_terminal and record.status in TERMINAL_STATUSES
         await self.store.update_batch(record, event=self._event(record) if ends else None)
         if ends:

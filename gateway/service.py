@@ -3,24 +3,24 @@
 The file use cases (upload, content, delete, expiry) live in `file_service`.
 
 Provider ids stop at this module: everything returned is keyed by gateway ids,
-and `_normalize` is the one place an upstream batch becomes a public object.
+and `batch_sync` holds the one place an upstream batch becomes a public object.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
 import orjson
 
 from gateway import ids
+from gateway.batch_sync import CANCEL_PENDING, TERMINAL_CACHE_SIZE, BatchSync, BatchView
 from gateway.blobs import Blobs
 from gateway.config import Config, KeyConfig
 from gateway.errors import InvalidRequest, QuotaExceeded
@@ -32,7 +32,6 @@ from gateway.store.base import UnknownCursor
 from gateway.wire import CreateBatchBody, new_batch_object
 from providers.base import (
     TERMINAL_STATUSES,
-    TIMESTAMP_FIELDS,
     BatchRequest,
     InputFile,
     Provider,
@@ -41,9 +40,6 @@ from providers.base import (
 )
 
 log = logging.getLogger("gateway.service")
-
-_CANCEL_PENDING = frozenset({"validating", "in_progress", "finalizing"})
-
 
 INTERRUPTED = {
     "code": "gateway_interrupted",
@@ -54,19 +50,7 @@ INTERRUPTED = {
 }
 
 
-@dataclass(slots=True)
-class BatchView:
-    object: dict[str, Any]
-    # True when the provider could not be reached and the stored state is shown.
-    stale: bool = False
-    # The object already serialized (terminal batches never change, so it is cached).
-    body: bytes | None = None
-
-
-TERMINAL_CACHE_SIZE = 10_000
-
-
-class GatewayService(FileUseCases):
+class GatewayService(FileUseCases, BatchSync):
     def __init__(
         self,
         store: Store,
@@ -269,44 +253,10 @@ class GatewayService(FileUseCases):
             upstream = await provider.get_batch(record.upstream_id)
         except ProviderError as exc:
             log.warning("batch %s: re-read after cancel failed (%s)", record.id, exc.kind)
-        if upstream.status in _CANCEL_PENDING:
+        if upstream.status in CANCEL_PENDING:
             upstream.status = "cancelling"
         await self._apply(record, upstream)
         return record.object
-
-    async def refresh(self, record: BatchRecord) -> BatchView:
-        """Ask the provider for the batch's state; one call in flight per batch."""
-        running = self._refreshing.get(record.id)
-        if running is not None:
-            return await asyncio.shield(running)
-        future: asyncio.Future[BatchView] = asyncio.get_running_loop().create_future()
-        self._refreshing[record.id] = future
-        try:
-            view = await self._refresh(record)
-            future.set_result(view)
-            if self.config.retrieve_cache_seconds and not view.stale:
-                self._refreshed_at[record.id] = time.monotonic()
-                if len(self._refreshed_at) > TERMINAL_CACHE_SIZE:
-                    self._refreshed_at.pop(next(iter(self._refreshed_at)))
-            return view
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters re-raise it, nobody else must
-            raise
-        finally:
-            del self._refreshing[record.id]
-
-    async def _refresh(self, record: BatchRecord) -> BatchView:
-        assert record.upstream_id is not None
-        try:
-            upstream = await self._provider(record).get_batch(record.upstream_id)
-        except ProviderError as exc:
-            log.warning(
-                "batch %s: provider %s unavailable (%s)", record.id, record.provider, exc.kind
-            )
-            return BatchView(record.object, stale=True)
-        await self._apply(record, upstream, only_if_changed=True)
-        return BatchView(record.object)
 
     async def reconcile_pending(self, grace_seconds: float) -> int:
         """Pending rows older than the grace period are creates a dead process never finished.
@@ -363,12 +313,6 @@ class GatewayService(FileUseCases):
             raise no_such("Batch", batch_id, "batch_id")
         return record
 
-    def _provider(self, record: BatchRecord) -> Provider:
-        provider = self.providers.get(record.provider)
-        if provider is None:
-            raise ProviderError("retryable", f"provider {record.provider!r} is not enabled")
-        return provider
-
     async def _upstream_file(self, provider: Provider, file: FileRecord) -> str:
         """Upload the input file to a provider once; later batches reuse it."""
         cached = await self.store.get_upstream_file(file.id, provider.name)
@@ -388,92 +332,3 @@ class GatewayService(FileUseCases):
         )
         await self.store.put_upstream_file(file.id, provider.name, upstream_id)
         return upstream_id
-
-    async def _apply(
-        self, record: BatchRecord, upstream: UpstreamBatch, *, only_if_changed: bool = False
-    ) -> None:
-        was_terminal = record.status in TERMINAL_STATUSES
-        normalized = await self._normalize(record, upstream)
-        if only_if_changed and normalized == record.object:
-            return  # most polls of a running batch change nothing: skip the write
-        record.object = normalized
-        ends = not was_terminal and record.status in TERMINAL_STATUSES
-        await self.store.update_batch(record, event=self._event(record) if ends else None)
-        if ends:
-            self.events.terminal(record)
-
-    def _event(self, record: BatchRecord) -> bytes | None:
-        """The webhook event for a batch that just ended (None without a webhook)."""
-        if record.webhook is None:
-            return None
-        event = {
-            "id": f"evt_{secrets.token_hex(12)}",
-            "object": "event",
-            "type": f"batch.{record.status}",
-            "created_at": int(time.time()),
-            "data": record.object,
-        }
-        return orjson.dumps(event)
-
-    async def _normalize(self, record: BatchRecord, upstream: UpstreamBatch) -> dict[str, Any]:
-        obj = dict(record.object)
-        obj["status"] = _next_status(record.status, upstream.status)
-        for name in TIMESTAMP_FIELDS:
-            value = upstream.timestamps.get(name)
-            if value is not None:
-                obj[name] = value
-        if obj["status"] == "cancelling" and obj["cancelling_at"] is None:
-            obj["cancelling_at"] = int(time.time())
-        if upstream.model:
-            obj["model"] = upstream.model
-        if upstream.errors:
-            obj["errors"] = {"object": "list", "data": upstream.errors}
-        if upstream.request_counts is not None:
-            rc = upstream.request_counts
-            obj["request_counts"] = {
-                "total": rc.total,
-                "completed": rc.completed,
-                "failed": rc.failed,
-            }
-        if upstream.usage is not None:
-            obj["usage"] = upstream.usage
-        for key, upstream_file in (
-            ("output_file_id", upstream.output_file_id),
-            ("error_file_id", upstream.error_file_id),
-        ):
-            if upstream_file and obj.get(key) is None:
-                obj[key] = await self._output_file(record, upstream_file, key)
-        return obj
-
-    async def _output_file(self, record: BatchRecord, upstream_file: str, key: str) -> str:
-        """The gateway file id for a provider's output/error file, made on first sight."""
-        existing = await self.store.find_file_by_upstream(record.provider, upstream_file)
-        if existing is not None:
-            return existing.id
-        info = await self._provider(record).get_file(upstream_file)
-        now = int(time.time())
-        ttl = record.output_ttl
-        kind = "output" if key == "output_file_id" else "error"
-        file = FileRecord(
-            id=ids.new_file_id(),
-            tenant=record.tenant,
-            purpose="batch_output",
-            filename=f"{record.id}_{kind}.jsonl",
-            bytes=info.bytes,
-            created_at=now,
-            expires_at=now + ttl if ttl else None,
-            provider=record.provider,
-            upstream_id=upstream_file,
-            batch_id=record.id,
-        )
-        await self.store.insert_file(file)
-        return file.id
-
-
-def _next_status(current: str, reported: str) -> str:
-    """Never move backwards: terminal stays terminal, cancelling stays cancelling."""
-    if current in TERMINAL_STATUSES:
-        return current
-    if current == "cancelling" and reported in _CANCEL_PENDING:
-        return current
-    return reported

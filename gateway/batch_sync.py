@@ -1,0 +1,184 @@
+"""Keeping a stored batch in step with its provider: refresh, normalize, persist.
+
+`_normalize` is the one place an upstream batch becomes the public object: the
+provider's ids are swapped for gateway ids, statuses never move backwards, and a
+batch that just ended queues its webhook in the same write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway import ids
+from gateway.config import Config
+from gateway.events import ServiceEvents
+from gateway.store import BatchRecord, FileRecord, Store
+from providers.base import (
+    TERMINAL_STATUSES,
+    TIMESTAMP_FIELDS,
+    Provider,
+    ProviderError,
+    UpstreamBatch,
+)
+
+log = logging.getLogger("gateway.service")
+
+CANCEL_PENDING = frozenset({"validating", "in_progress", "finalizing"})
+
+
+@dataclass(slots=True)
+class BatchView:
+    object: dict[str, Any]
+    # True when the provider could not be reached and the stored state is shown.
+    stale: bool = False
+    # The object already serialized (terminal batches never change, so it is cached).
+    body: bytes | None = None
+
+
+TERMINAL_CACHE_SIZE = 10_000
+
+
+class BatchSync:
+    store: Store
+    events: ServiceEvents
+    config: Config
+    providers: Mapping[str, Provider]
+    _refreshing: dict[str, asyncio.Future[BatchView]]
+    _refreshed_at: dict[str, float]
+
+    async def refresh(self, record: BatchRecord) -> BatchView:
+        """Ask the provider for the batch's state; one call in flight per batch."""
+        running = self._refreshing.get(record.id)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future[BatchView] = asyncio.get_running_loop().create_future()
+        self._refreshing[record.id] = future
+        try:
+            view = await self._refresh(record)
+            future.set_result(view)
+            if self.config.retrieve_cache_seconds and not view.stale:
+                self._refreshed_at[record.id] = time.monotonic()
+                if len(self._refreshed_at) > TERMINAL_CACHE_SIZE:
+                    self._refreshed_at.pop(next(iter(self._refreshed_at)))
+            return view
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it, nobody else must
+            raise
+        finally:
+            del self._refreshing[record.id]
+
+    async def _refresh(self, record: BatchRecord) -> BatchView:
+        assert record.upstream_id is not None
+        try:
+            upstream = await self._provider(record).get_batch(record.upstream_id)
+        except ProviderError as exc:
+            log.warning(
+                "batch %s: provider %s unavailable (%s)", record.id, record.provider, exc.kind
+            )
+            return BatchView(record.object, stale=True)
+        await self._apply(record, upstream, only_if_changed=True)
+        return BatchView(record.object)
+
+    def _provider(self, record: BatchRecord) -> Provider:
+        provider = self.providers.get(record.provider)
+        if provider is None:
+            raise ProviderError("retryable", f"provider {record.provider!r} is not enabled")
+        return provider
+
+    async def _apply(
+        self, record: BatchRecord, upstream: UpstreamBatch, *, only_if_changed: bool = False
+    ) -> None:
+        was_terminal = record.status in TERMINAL_STATUSES
+        normalized = await self._normalize(record, upstream)
+        if only_if_changed and normalized == record.object:
+            return  # most polls of a running batch change nothing: skip the write
+        record.object = normalized
+        ends = not was_terminal and record.status in TERMINAL_STATUSES
+        await self.store.update_batch(record, event=self._event(record) if ends else None)
+        if ends:
+            self.events.terminal(record)
+
+    def _event(self, record: BatchRecord) -> bytes | None:
+        """The webhook event for a batch that just ended (None without a webhook)."""
+        if record.webhook is None:
+            return None
+        event = {
+            "id": f"evt_{secrets.token_hex(12)}",
+            "object": "event",
+            "type": f"batch.{record.status}",
+            "created_at": int(time.time()),
+            "data": record.object,
+        }
+        return orjson.dumps(event)
+
+    async def _normalize(self, record: BatchRecord, upstream: UpstreamBatch) -> dict[str, Any]:
+        obj = dict(record.object)
+        obj["status"] = _next_status(record.status, upstream.status)
+        for name in TIMESTAMP_FIELDS:
+            value = upstream.timestamps.get(name)
+            if value is not None:
+                obj[name] = value
+        if obj["status"] == "cancelling" and obj["cancelling_at"] is None:
+            obj["cancelling_at"] = int(time.time())
+        if upstream.model:
+            obj["model"] = upstream.model
+        if upstream.errors:
+            obj["errors"] = {"object": "list", "data": upstream.errors}
+        if upstream.request_counts is not None:
+            rc = upstream.request_counts
+            obj["request_counts"] = {
+                "total": rc.total,
+                "completed": rc.completed,
+                "failed": rc.failed,
+            }
+        if upstream.usage is not None:
+            obj["usage"] = upstream.usage
+        for key, upstream_file in (
+            ("output_file_id", upstream.output_file_id),
+            ("error_file_id", upstream.error_file_id),
+        ):
+            if upstream_file and obj.get(key) is None:
+                obj[key] = await self._output_file(record, upstream_file, key)
+        return obj
+
+    async def _output_file(self, record: BatchRecord, upstream_file: str, key: str) -> str:
+        """The gateway file id for a provider's output/error file, made on first sight."""
+        existing = await self.store.find_file_by_upstream(record.provider, upstream_file)
+        if existing is not None:
+            return existing.id
+        info = await self._provider(record).get_file(upstream_file)
+        now = int(time.time())
+        ttl = record.output_ttl
+        kind = "output" if key == "output_file_id" else "error"
+        file = FileRecord(
+            id=ids.new_file_id(),
+            tenant=record.tenant,
+            purpose="batch_output",
+            filename=f"{record.id}_{kind}.jsonl",
+            bytes=info.bytes,
+            created_at=now,
+            expires_at=now + ttl if ttl else None,
+            provider=record.provider,
+            upstream_id=upstream_file,
+            batch_id=record.id,
+        )
+        await self.store.insert_file(file)
+        return file.id
+
+
+def _next_status(current: str, reported: str) -> str:
+    """Never move backwards: terminal stays terminal, cancelling stays cancelling."""
+    if current in TERMINAL_STATUSES:
+        return current
+    if current == "cancelling" and reported in CANCEL_PENDING:
+        return current
+    return reported

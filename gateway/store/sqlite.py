@@ -21,12 +21,13 @@ class _SQLiteExecutor:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
 
+    # execute_fetchall runs, fetches and closes in one trip to aiosqlite's thread
+    # (a cursor's execute, fetch and close would each be a trip).
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        async with self._db.execute(sql, args) as cur:
-            return list(await cur.fetchall())
+        return list(await self._db.execute_fetchall(sql, args))
 
     async def execute(self, sql: str, *args: Any) -> None:
-        await (await self._db.execute(sql, args)).close()
+        await self._db.execute_fetchall(sql, args)
 
     async def script(self, sql: str) -> None:
         # executescript() would COMMIT first; run statement by statement instead, so a

@@ -47,6 +47,10 @@ class SQLStore(ABC):
         """A connection for small read-only queries (a backend may make these cheaper)."""
         return self._conn()
 
+    def _write(self) -> AbstractAsyncContextManager[Executor]:
+        """A connection for one small write statement (a backend may make these cheaper)."""
+        return self._conn()
+
     @abstractmethod
     def _exclusive(self) -> AbstractAsyncContextManager[Executor]:
         """A transaction no other process runs at the same time (for migrations)."""
@@ -64,7 +68,7 @@ class SQLStore(ABC):
     # files
 
     async def insert_file(self, record: FileRecord) -> None:
-        async with self._conn() as db:
+        async with self._write() as db:
             await db.execute(
                 f"INSERT INTO files ({FILE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 record.id,
@@ -140,7 +144,7 @@ class SQLStore(ABC):
         return str(rows[0][0]) if rows else None
 
     async def put_upstream_file(self, file_id: str, provider: str, upstream_id: str) -> None:
-        async with self._conn() as db:
+        async with self._write() as db:
             await db.execute(
                 "INSERT INTO upstream_files (file_id, provider, upstream_id) VALUES (?,?,?)"
                 " ON CONFLICT (file_id, provider) DO UPDATE SET upstream_id = excluded.upstream_id",
@@ -158,7 +162,7 @@ class SQLStore(ABC):
     # batches
 
     async def insert_batch(self, record: BatchRecord) -> None:
-        async with self._conn() as db:
+        async with self._write() as db:
             await db.execute(
                 f"INSERT INTO batches ({BATCH_COLS}, status) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 record.id,
@@ -188,7 +192,7 @@ class SQLStore(ABC):
             record.id,
         )
         if event is None or record.webhook is None:
-            async with self._conn() as db:
+            async with self._write() as db:
                 await db.execute(update, *args)
             return
         # The webhook is queued with the state it reports, or not at all.
@@ -347,7 +351,7 @@ class SQLStore(ABC):
         return [batch_from_row(r) for r in rows]
 
     async def release_batch(self, batch_id: str, owner: str, next_poll_at: float) -> bool:
-        async with self._conn() as db:
+        async with self._write() as db:
             rows = await db.fetch(
                 "UPDATE batches SET lease_owner = NULL, lease_until = NULL, next_poll_at = ?"
                 " WHERE id = ? AND lease_owner = ? RETURNING seq",

@@ -517,3 +517,37 @@ async def test_a_sqlite_file_from_the_first_release_upgrades(tmp_path: Path) -> 
         assert (claimed.id, claimed.status, claimed.pending) == ("batch_old", "in_progress", False)
     finally:
         await store.close()
+
+
+async def test_sqlite_writes_wait_off_the_loop_when_another_writer_holds_the_lock(
+    tmp_path: Path,
+) -> None:
+    """A write that meets a locked database waits on the database thread, not the loop."""
+    path = tmp_path / "locked.db"
+    store = await open_sql(f"sqlite:///{path}")
+    other = sqlite3.connect(path, isolation_level=None)  # another process, say
+    other.execute("BEGIN IMMEDIATE")
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.3, other.execute, "COMMIT")
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    running = asyncio.create_task(ticker())
+    try:
+        started = loop.time()
+        await store.insert_batch(batch_record(1))  # must wait for the other writer
+        waited = loop.time() - started
+    finally:
+        running.cancel()
+        other.close()
+    try:
+        assert waited >= 0.25
+        assert ticks >= 15  # the event loop kept running meanwhile
+        assert await store.get_batch(batch_record(1).id) == batch_record(1)
+    finally:
+        await store.close()

@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from gateway.auth import hash_key
 from gateway.webhooks import SIGNATURE_HEADER, verify
 from tests.conftest import Gateway, StartGateway
 from tests.fakes.openai_upstream import UPSTREAM, make_openai_upstream
@@ -141,3 +142,39 @@ async def test_webhook_is_delivered_once_per_terminal_transition(
     assert event["type"] == "batch.completed"
     assert event["data"]["id"] == batch_id and event["data"]["status"] == "completed"
     assert event["id"].startswith("evt_")
+
+
+async def test_a_keys_webhook_is_told_when_its_batches_end(
+    start_gateway: StartGateway, aiohttp_server: Servers, tmp_path: Path
+) -> None:
+    received: list[bytes] = []
+
+    async def receiver(request: web.Request) -> web.Response:
+        assert verify(SECRET, request.headers[SIGNATURE_HEADER], await request.read())
+        received.append(await request.read())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", receiver)
+    hook = await aiohttp_server(app)
+    keys = [
+        {"name": "team", "key_sha256": hash_key("k-team-with-hook"), "webhook": "team-hook"},
+        {"name": "quiet", "key_sha256": hash_key("k-team-without-hook")},
+    ]
+    config = make_config(
+        tmp_path,
+        auth={"keys": keys},
+        webhooks={"team-hook": {"url": str(hook.make_url("/hook")), "secret": SECRET}},
+        poller=FAST_POLLER | {"webhook_interval_seconds": 0.02},
+    )
+    team = await start_gateway(config, api_key="k-team-with-hook")
+    quiet = await start_gateway(config, api_key="k-team-without-hook")
+    team_batch = await create(team)
+    await create(quiet)
+
+    async def delivered() -> bool:
+        return len(received) >= 1
+
+    await eventually(delivered)
+    await asyncio.sleep(0.3)
+    assert [orjson.loads(body)["data"]["id"] for body in received] == [team_batch]

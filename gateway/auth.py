@@ -21,7 +21,7 @@ from aiohttp import web
 
 from gateway.config import AuthConfig, KeyConfig
 from gateway.errors import Handler, InvalidRequest, PermissionDenied, Unauthorized, rate_limited
-from gateway.limits import InProcessWindow, RateLimiter
+from gateway.limits import RateLimiter
 
 OPEN_TENANT = "default"
 TENANT = web.RequestKey("tenant", str)
@@ -52,7 +52,8 @@ class Caller:
 
 class Authenticator:
     def __init__(self, config: AuthConfig, limiter: RateLimiter | None = None) -> None:
-        self.limiter: RateLimiter = limiter or InProcessWindow()
+        # Set once the store is open (app startup); no request is handled before that.
+        self.limiter: RateLimiter | None = limiter
         self.configure(config)
 
     def configure(self, config: AuthConfig) -> None:
@@ -107,7 +108,7 @@ class Authenticator:
 
     async def _check_rate(self, key: KeyConfig) -> None:
         rpm = key.limits.requests_per_minute
-        if rpm is not None:
+        if rpm is not None and self.limiter is not None:
             wait = await self.limiter.hit(f"rpm:{key.name}", rpm, 60.0)
             if wait is not None:
                 raise rate_limited(wait)

@@ -1,9 +1,8 @@
 """Request-rate limiting behind one small interface.
 
-`RateLimiter.hit` is all the gateway calls, so the in-process window below can
-later be swapped for one backed by the store (shared by every replica) without
-touching the middleware. Windows are fixed (per wall-clock minute for
-`requests_per_minute`): cheap, and exactly what a store counter row can do too.
+`RateLimiter.hit` is all the middleware calls. Counts live in the store, so a
+key's limit holds across workers and replicas. Windows are fixed (per
+wall-clock minute for `requests_per_minute`): one atomic counter row each.
 """
 
 from __future__ import annotations
@@ -19,25 +18,6 @@ class RateLimiter(Protocol):
     async def hit(self, key: str, limit: int, window_seconds: float) -> float | None:
         """Count one request; None if allowed, else seconds until the window resets."""
         ...
-
-
-class InProcessWindow:
-    """Fixed-window counters in this process (one replica's view)."""
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
-        self._windows: dict[str, tuple[int, int]] = {}
-
-    async def hit(self, key: str, limit: int, window_seconds: float) -> float | None:
-        now = self._clock()
-        slot = int(now // window_seconds)
-        start, count = self._windows.get(key, (slot, 0))
-        if start != slot:
-            count = 0
-        if count >= limit:
-            return (slot + 1) * window_seconds - now
-        self._windows[key] = (slot, count + 1)
-        return None
 
 
 class StoreWindow:

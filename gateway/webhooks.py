@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import random
 import time
 from collections.abc import Mapping
 
@@ -21,6 +20,7 @@ import aiohttp
 
 from gateway.config import WebhookConfig
 from gateway.store.base import Store, WebhookDelivery
+from providers.ratelimit import backoff_seconds
 
 log = logging.getLogger("gateway.webhooks")
 
@@ -43,10 +43,6 @@ def verify(secret: str, header: str, body: bytes, *, tolerance: float = 300.0) -
     expected = sign(secret, timestamp, body)
     fresh = abs(time.time() - timestamp) <= tolerance
     return fresh and hmac.compare_digest(expected, header)
-
-
-def backoff(base: float, attempts: int) -> float:
-    return min(MAX_BACKOFF, base * 2.0 ** (attempts - 1)) * random.uniform(0.5, 1.0)
 
 
 class WebhookSender:
@@ -98,7 +94,9 @@ class WebhookSender:
         attempts = delivery.attempts + 1
         retry_at = None
         if attempts < webhook.max_attempts:
-            retry_at = time.time() + backoff(webhook.retry_backoff_seconds, attempts)
+            retry_at = time.time() + backoff_seconds(
+                attempts - 1, webhook.retry_backoff_seconds, cap=MAX_BACKOFF
+            )
         log.warning(
             "webhook %s for batch %s failed (%s); %s",
             delivery.webhook,

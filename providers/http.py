@@ -9,11 +9,9 @@ scrubbed out before anything leaves this module.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -21,6 +19,7 @@ import aiohttp
 import orjson
 
 from providers.base import BaseProvider, ErrorKind, ProviderError
+from providers.ratelimit import retry_after_seconds
 
 _UPSTREAM_ID = re.compile(r"\b(?:file|batch|msgbatch|req|batch_req)[-_][A-Za-z0-9_-]+")
 CHUNK = 256 * 1024
@@ -37,26 +36,6 @@ def kind_for_status(status: int) -> ErrorKind:
     if status in (408, 409, 429) or status >= 500:
         return "retryable"
     return "bad_request"
-
-
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from `retry-after-ms` / `Retry-After` (seconds or an HTTP date)."""
-    if (ms := headers.get("retry-after-ms")) is not None:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 def transport_error(exc: BaseException) -> ProviderError:
@@ -190,7 +169,7 @@ class HTTPProvider(BaseProvider):
             self.scrub(message or f"HTTP {status}"),
             status=status,
             code=code,
-            retry_after=retry_after(headers),
+            retry_after=retry_after_seconds(headers),
         )
 
     def error_detail(self, body: bytes) -> tuple[str | None, str | None]:

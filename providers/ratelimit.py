@@ -99,11 +99,13 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
-def backoff_seconds(attempt: int, base: float, retry_after: float | None = None) -> float:
+def backoff_seconds(
+    attempt: int, base: float, retry_after: float | None = None, *, cap: float = MAX_BACKOFF_SECONDS
+) -> float:
     """Delay before retry number `attempt + 1`: what the server asked for, else exponential
-    with jitter (half to all of `base * 2**attempt`) so that many lines failing together
-    do not come back together."""
+    with jitter (half to all of `base * 2**attempt`, at most `cap`) so that many calls
+    failing together do not come back together. Every retry loop of the project uses it."""
     if retry_after is not None:
         return retry_after
-    ceiling = min(MAX_BACKOFF_SECONDS, base * 2**attempt)
+    ceiling = min(cap, base * 2**attempt)
     return random.uniform(ceiling / 2, ceiling)

@@ -8,7 +8,6 @@ have made the batch): the service resolves those with `find_batch` instead.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -24,6 +23,7 @@ from providers.base import (
     UpstreamBatch,
     UpstreamFile,
 )
+from providers.ratelimit import backoff_seconds
 
 T = TypeVar("T")
 BreakerState = Literal["closed", "open", "half_open"]
@@ -156,10 +156,9 @@ class ResilientProvider:
         return self.breaker.available()
 
     def backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return retry_after
-        ceiling = min(self.policy.max_backoff, self.policy.backoff * 2**attempt)
-        return ceiling / 2 + random.uniform(0, ceiling / 2)  # equal jitter
+        return backoff_seconds(
+            attempt, self.policy.backoff, retry_after, cap=self.policy.max_backoff
+        )
 
     async def call(
         self, operation: str, fn: Callable[[], Awaitable[T]], *, idempotent: bool = True

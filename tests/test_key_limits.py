@@ -14,7 +14,8 @@ import pytest
 
 from gateway.auth import exposure_warning, hash_key
 from gateway.config import AuthConfig, ConfigError
-from gateway.limits import InProcessWindow
+from gateway.limits import StoreWindow
+from gateway.store import open_store
 from tests.conftest import StartGateway
 from tests.support import chat_file, make_config
 from tests.test_flow_sdk import wait_terminal
@@ -64,15 +65,19 @@ async def test_requests_per_minute_gives_429_with_retry_after(
         assert resp.status == 200  # probes are never limited
 
 
-async def test_the_window_resets() -> None:
+async def test_the_window_resets(tmp_path: Path) -> None:
     now = [120.0]
-    limiter = InProcessWindow(clock=lambda: now[0])
-    assert [await limiter.hit("k", 2, 60) for _ in range(2)] == [None, None]
-    assert await limiter.hit("k", 2, 60) == 60.0
-    now[0] = 179.5
-    assert await limiter.hit("k", 2, 60) == pytest.approx(0.5)
-    now[0] = 180.0
-    assert await limiter.hit("k", 2, 60) is None
+    store = await open_store(f"sqlite:///{tmp_path / 'limits.db'}")
+    limiter = StoreWindow(store, clock=lambda: now[0])
+    try:
+        assert [await limiter.hit("k", 2, 60) for _ in range(2)] == [None, None]
+        assert await limiter.hit("k", 2, 60) == 60.0
+        now[0] = 179.5
+        assert await limiter.hit("k", 2, 60) == pytest.approx(0.5)
+        now[0] = 180.0
+        assert await limiter.hit("k", 2, 60) is None
+    finally:
+        await store.close()
 
 
 async def test_max_active_batches(start_gateway: StartGateway, tmp_path: Path) -> None:

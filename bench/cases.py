@@ -12,7 +12,7 @@ from bench.data import ENDPOINT, migrate, seed_batches
 from bench.harness import Server, both
 from bench.procs import REPO, Proc, free_port, python
 from bench.report import Row, cpu, lat, ms, rps
-from bench.transfers import DOWNLOAD, LOCAL, UPLOAD, Transfers
+from bench.transfers import KEPT, LOCAL, RELAYED, UPLOAD, Transfers
 
 ROWS = (
     "1. active retrieve c=1",
@@ -24,7 +24,8 @@ ROWS = (
     "3. create c=1",
     "3. create c=64",
     UPLOAD,
-    DOWNLOAD,
+    KEPT,
+    RELAYED,
     LOCAL,
     "6. list page 1",
     "6. list deep page",
@@ -134,16 +135,13 @@ class Cases(Transfers):
 
     # 2. terminal retrieve
 
-    async def terminal(self, gw: Server, file_id: str) -> str:
-        """Returns the gateway id of a completed batch's output file (for item 5)."""
+    async def terminal(self, gw: Server, file_id: str) -> None:
         s = self.s
         print("2. terminal retrieve", flush=True)
         ids = await self.create_batches(gw, file_id, s.terminal_batches, sim="completed")
-        output_file = ""
         for batch_id in ids:  # the first retrieve sees `completed` and stores it
             obj = await self.json("GET", gw.url(f"/v1/batches/{batch_id}"))
             assert obj["status"] == "completed", obj
-            output_file = obj["output_file_id"]
         gw_urls = [gw.url(f"/v1/batches/{i}") for i in ids]
         sim_urls = [self.sim.url(f"/v1/batches/batch_done{n + 1}") for n in range(len(ids))]
         n, w = s.c64_requests, 200
@@ -164,7 +162,6 @@ class Cases(Transfers):
                 both(d, g),
             )
         )
-        return output_file
 
     # 3. create
 
@@ -226,8 +223,8 @@ class Cases(Transfers):
         page = await self.json("GET", gw.url(f"/v1/batches?limit=20&after={after}"))
         assert len(page["data"]) == 20 and page["has_more"], page
         for name, url, where in (
-            (ROWS[11], gw.url("/v1/batches?limit=20"), "limit=20"),
-            (ROWS[12], gw.url(f"/v1/batches?limit=20&after={after}"), f"after the {depth:,}th"),
+            (ROWS[12], gw.url("/v1/batches?limit=20"), "limit=20"),
+            (ROWS[13], gw.url(f"/v1/batches?limit=20&after={after}"), f"after the {depth:,}th"),
         ):
             results = [
                 await self.load(gw, url, 1, s.list_requests, warmup=20) for _ in range(s.rounds)
@@ -288,7 +285,7 @@ class Cases(Transfers):
         s = self.s
         n = s.poller_batches
         print(f"7. poller ({n:,} active batches, {s.poller_latency_ms:.0f} ms upstream)")
-        name = f"{ROWS[13]} ({n:,} active, {s.poller_latency_ms:.0f} ms upstream)"
+        name = f"{ROWS[14]} ({n:,} active, {s.poller_latency_ms:.0f} ms upstream)"
         db, config = self.work / "poller.db", self.work / "poller.yaml"
         self.write_gateway_config(config, db, self.work / "poller-files")  # poller loop off
         await migrate(db)

@@ -71,7 +71,10 @@ class Harness:
     def start_simulator(self) -> Server:
         port = free_port()
         argv = [python(), "-m", "bench.simulator", "--port", str(port)]
-        proc = Proc("simulator", [*argv, "--output-bytes", str(self.s.download_bytes)], self.work)
+        # Small output files until item 5 asks for big ones: the gateway keeps a copy of
+        # every output file it sees end, item 2's included.
+        output = str(min(self.s.download_bytes, 1_000_000))
+        proc = Proc("simulator", [*argv, "--output-bytes", output], self.work)
         self.procs.append(proc)
         proc.wait_http(f"http://127.0.0.1:{port}/_health")
         return Server(proc, f"http://127.0.0.1:{port}")
@@ -97,9 +100,11 @@ class Harness:
             config["poller"] = {"enabled": False}
         path.write_bytes(orjson.dumps(config, option=orjson.OPT_INDENT_2))  # JSON is YAML
 
-    def start_gateway(self, name: str, workers: int | None = None) -> Server:
+    def start_gateway(
+        self, name: str, workers: int | None = None, config: Path | None = None
+    ) -> Server:
         port = free_port()
-        argv = [python(), "-m", "gateway", "serve", "--config", str(self.gateway_config)]
+        argv = [python(), "-m", "gateway", "serve", "--config", str(config or self.gateway_config)]
         argv += ["--host", "127.0.0.1", "--port", str(port)]
         if workers:
             argv += ["--workers", str(workers)]

@@ -99,24 +99,24 @@ class Suite(Cases):
             file_id = orjson.loads(raw)["id"]
             if not self.skip("active", *ROWS[:4]):
                 await self.active(gw, file_id)
-            output_file = input_file = ""  # item 5 downloads files of items 2 and 4
+            input_file = ""  # item 5 also downloads the file item 4 uploads
             if not self.skip("terminal", ROWS[5]):
-                output_file = await self.terminal(gw, file_id)
+                await self.terminal(gw, file_id)
             if not self.skip("create", ROWS[6], ROWS[7]):
                 await self.create(gw, file_id)
-            if not self.skip("list", ROWS[11], ROWS[12]):
+            if not self.skip("list", ROWS[12], ROWS[13]):
                 await self.list_pages(gw, file_id)
             self.stop(gw)
             if not self.skip("upload", ROWS[8]):
                 input_file = await self.upload_file()
-            if not self.skip("download", ROWS[9], ROWS[10]):
-                await self.download_files(output_file, input_file)
+            if not self.skip("download", *ROWS[9:12]):
+                await self.download_files(file_id, input_file)
             if not self.skip("workers", ROWS[4]):
                 await self.workers(file_id)
-            if not self.skip("poller", ROWS[13]):
+            if not self.skip("poller", ROWS[14]):
                 await self.poller(file_id, timeout=30 if self.quick else 120)
             skip = litellm_skip or (None if "litellm" in self.only else "skipped (--only)")
-            await litellm.bench(self, ROWS[14:], skip)
+            await litellm.bench(self, ROWS[15:], skip)
         self.rows.sort(key=row_order)
 
 
@@ -134,7 +134,7 @@ async def amain(args: argparse.Namespace) -> int:
     if unknown := only - set(GROUPS):
         raise SystemExit(f"--only: unknown groups {sorted(unknown)}; known: {', '.join(GROUPS)}")
     if "download" in only:
-        only |= {"terminal", "upload"}  # it downloads their files
+        only |= {"upload"}  # it downloads its file
     info = {**machine(), "mode": "quick" if args.quick else "full", "rounds": sizes.rounds}
     print(
         f"bench: {info['mode']} run on {info['cores']} cores, uvloop "

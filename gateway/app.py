@@ -21,6 +21,7 @@ from gateway.auth import Authenticator
 from gateway.blobs import open_blobs
 from gateway.config import Config, ConfigError, load_config
 from gateway.errors import error_middleware
+from gateway.keeper import OutputKeeper
 from gateway.limits import StoreWindow
 from gateway.observe import observe_middleware
 from gateway.poller import Poller
@@ -152,6 +153,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             await service.reconcile_pending(config.poller.pending_grace_seconds)
         if config.poller.enabled and app[PRIMARY]:
             background.add(asyncio.create_task(poller.run()))
+        if config.blobs.keep_provider_outputs and app[PRIMARY]:
+            keeper = OutputKeeper(service, poller.owner, config.poller.lease_seconds)
+            background.add(asyncio.create_task(keeper.run()))
         loop = asyncio.get_running_loop()
         if CONFIG_PATH in app:
             with suppress(NotImplementedError, RuntimeError):

@@ -53,6 +53,7 @@ class BatchSync:
     providers: Mapping[str, Provider]
     _refreshing: dict[str, asyncio.Future[BatchView]]
     _refreshed_at: dict[str, float]
+    batch_ended: asyncio.Event
 
     async def refresh(self, record: BatchRecord) -> BatchView:
         """Ask the provider for the batch's state; one call in flight per batch."""
@@ -106,6 +107,7 @@ class BatchSync:
         await self.store.update_batch(record, event=self._event(record) if ends else None)
         if ends:
             self.events.terminal(record)
+            self.batch_ended.set()
 
     def _event(self, record: BatchRecord) -> bytes | None:
         """The webhook event for a batch that just ended (None without a webhook)."""

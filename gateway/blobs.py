@@ -4,12 +4,14 @@ Every backend writes all-or-nothing: bytes go to a staging place (a `tmp/`
 file, an S3 multipart upload) and become the blob only at `commit()`, after
 the upload has been fully validated, so a rejected or interrupted upload never
 leaves a blob. Reads are streams of chunks; a backend that keeps blobs as local
-files also offers their path, so the content handler can let the OS send them.
+files also offers their path, so downloads can be sent straight from the page cache
+(`mapped`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import time
 from collections.abc import AsyncIterator
@@ -21,6 +23,9 @@ from gateway.config import BlobsConfig
 from providers.base import ByteStream
 
 CHUNK = 256 * 1024
+# mmap windows of a download: big enough for few syscalls, small enough that the
+# windows the socket has not yet taken add little to RSS.
+WINDOW = 2 * 1024 * 1024
 
 STALE_PART_SECONDS = 3600.0
 
@@ -116,6 +121,30 @@ class LocalBlobs:
 async def _read_chunks(fh: IO[bytes]) -> AsyncIterator[bytes]:
     while chunk := fh.read(CHUNK):
         yield chunk
+
+
+@asynccontextmanager
+async def mapped(path: Path) -> AsyncIterator[AsyncIterator[memoryview]]:
+    """A local file as memoryviews of mmap windows, for downloads.
+
+    The socket send copies straight from the page cache: no read() copy and no
+    executor hop, which is what aiohttp's sendfile fallback costs under uvloop (it
+    has no loop.sendfile). Blobs are never rewritten in place, so a window stays valid.
+    """
+    with open(path, "rb") as fh:
+        yield _windows(fh.fileno(), os.fstat(fh.fileno()).st_size)
+
+
+async def _windows(fd: int, size: int) -> AsyncIterator[memoryview]:
+    offset = 0
+    while offset < size:
+        length = min(WINDOW, size - offset)
+        window = mmap.mmap(fd, length, access=mmap.ACCESS_READ, offset=offset)
+        window.madvise(mmap.MADV_WILLNEED)  # start the read-ahead of a cold file
+        # The transport may still hold the view after the next window is made; the
+        # mapping goes when the last view of it does.
+        yield memoryview(window)
+        offset += length
 
 
 async def open_blobs(config: BlobsConfig) -> Blobs:

@@ -103,6 +103,10 @@ class BlobsConfig(_Model):
 
     dir: Path | None = None
     s3: S3BlobsConfig | None = None
+    # Copy each output/error file of a remote provider here once its batch has ended:
+    # downloads then come from the gateway (fast, and still there when the provider is
+    # down or has dropped the file).
+    keep_provider_outputs: bool = True
 
     @model_validator(mode="before")
     @classmethod

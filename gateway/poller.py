@@ -151,3 +151,5 @@ class Poller:
             with suppress(asyncio.CancelledError):
                 await task
         self._loops.clear()
+        with suppress(Exception):  # the store may be gone already; the lease then expires
+            await self.service.store.release_lease("housekeeping", self.owner)

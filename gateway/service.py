@@ -70,6 +70,8 @@ class GatewayService(FileUseCases, BatchSync):
         self._refreshed_at: dict[str, float] = {}
         # Serializes "count active batches, then insert" per tenant (one process).
         self._admission: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Set when a batch ends here: wakes the keeper of output files.
+        self.batch_ended = asyncio.Event()
         self.reconfigure(config, providers, router)
 
     def reconfigure(

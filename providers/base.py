@@ -197,6 +197,9 @@ class Provider(Protocol):
 
     name: str
     endpoints: frozenset[str]
+    # Its output files live at a remote service; the gateway keeps a copy of each
+    # once the batch has ended (`blobs.keep_provider_outputs`).
+    remote_files: bool
 
     def supports(self, endpoint: str) -> bool: ...
 
@@ -236,6 +239,7 @@ class BaseProvider:
 
     name: str
     endpoints: frozenset[str]
+    remote_files = True
 
     def __init__(self, name: str, endpoints: frozenset[str]) -> None:
         self.name = name

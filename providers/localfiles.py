@@ -135,6 +135,7 @@ class LocalFileMethods:
     uploads are copied in, output/error files are the ones it published there."""
 
     files: LocalFiles
+    remote_files = False
 
     async def upload_file(self, file: InputFile) -> str:
         return await self.files.copy_in(file)

@@ -138,6 +138,7 @@ class ResilientProvider:
         self.inner = inner
         self.name = inner.name
         self.endpoints = inner.endpoints
+        self.remote_files = inner.remote_files
         self.policy = policy
         self._observer = observer or NullObserver()
         self._sleep = sleep

@@ -294,6 +294,54 @@ async def test_expired_files_leave_lists_and_wait_for_their_batches(store: Store
     assert len(await store.expired_files(now + 7200, 1)) == 1
 
 
+async def test_files_to_keep_are_remote_outputs_of_ended_batches_without_a_copy(
+    store: Store,
+) -> None:
+    now = int(time.time())
+    await store.insert_batch(batch_record(1, status="completed"))
+    await store.insert_batch(batch_record(2, status="in_progress"))
+    for n, batch, provider, extra in (
+        (11, "batch_0001", "p", {}),
+        (12, "batch_0001", "p", {}),
+        (13, "batch_0002", "p", {}),  # its batch is still running
+        (14, "batch_0001", "q", {}),  # another provider
+        (15, "batch_0001", "p", {"expires_at": now - 1}),
+        (16, "batch_0001", "p", {"blob": "file-0016"}),  # already kept
+    ):
+        await store.insert_file(
+            file_record(
+                n,
+                purpose="batch_output",
+                provider=provider,
+                upstream_id=f"up-{n}",
+                batch_id=batch,
+                **extra,
+            )
+        )
+    await store.insert_file(file_record(17))  # an upload: bytes the tenant stores
+    stored = await store.bytes_stored("a")
+
+    found = await store.files_to_keep(["p"], "", now, 10)
+    assert [f.id for f in found] == ["file-0011", "file-0012"]
+    assert [f.id for f in await store.files_to_keep(["p"], "file-0011", now, 10)] == ["file-0012"]
+    assert [f.id for f in await store.files_to_keep(["p"], "", now, 1)] == ["file-0011"]
+    assert await store.files_to_keep([], "", now, 10) == []
+    assert [f.id for f in await store.files_to_keep(["p", "q"], "", now, 10)] == [
+        "file-0011",
+        "file-0012",
+        "file-0014",
+    ]
+
+    assert await store.set_file_blob("file-0011", "file-0011.k1", 5000) is True
+    assert await store.set_file_blob("file-0011", "file-0011.k2", 5000) is False  # one copy
+    assert await store.set_file_blob("file-9999", "gone", 1) is False
+    kept = await store.get_file("file-0011")
+    assert kept is not None and (kept.blob, kept.bytes) == ("file-0011.k1", 5000)
+    assert kept.upstream_id == "up-11"  # still the provider's file too
+    assert [f.id for f in await store.files_to_keep(["p"], "", now, 10)] == ["file-0012"]
+    assert await store.bytes_stored("a") == stored  # copies don't use the upload budget
+
+
 # leases
 
 
@@ -481,6 +529,10 @@ async def test_named_leases_have_one_owner_at_a_time(store: SQLStore) -> None:
     assert not await store.acquire_lease("housekeeping", "b", 10, now=114)
     assert await store.acquire_lease("housekeeping", "b", 10, now=115)  # expired: taken over
     assert await store.acquire_lease("other", "a", 10, now=115)
+    await store.release_lease("housekeeping", "a")  # not a's any more: nothing changes
+    assert not await store.acquire_lease("housekeeping", "a", 10, now=116)
+    await store.release_lease("housekeeping", "b")  # b shuts down: a need not wait
+    assert await store.acquire_lease("housekeeping", "a", 10, now=116)
 
 
 async def test_claims_can_be_limited_to_one_provider(store: SQLStore) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -17,6 +18,7 @@ from gateway.api import (
     service,
 )
 from gateway.auth import tenant_of
+from gateway.blobs import mapped
 from gateway.errors import InvalidRequest, PayloadTooLarge, UnsupportedMedia
 from gateway.store import FileRecord
 from gateway.wire import ExpiresAfter, file_list, file_object
@@ -168,17 +170,20 @@ async def delete(request: web.Request) -> web.Response:
 async def content(request: web.Request) -> web.StreamResponse:
     svc = service(request)
     source = await svc.open_content(tenant_of(request), request.match_info["file_id"])
+    size: int | None = None
+    stream: AbstractAsyncContextManager[AsyncIterator[bytes | memoryview]]
     if isinstance(source, FileRecord):
         assert source.blob is not None
+        size = source.bytes
         path = svc.blobs.local_path(source.blob)
-        if path is not None:  # the OS sends it (sendfile)
-            svc.events.file_bytes("download", source.bytes)
-            return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
-        source = svc.blobs.open(source.blob)  # a remote blob streams through, like a provider's
+        stream = mapped(path) if path is not None else svc.blobs.open(source.blob)
+    else:
+        stream = source  # the provider's bytes, relayed as they arrive
     sent = 0
     try:
-        async with source as chunks:
+        async with stream as chunks:
             response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+            response.content_length = size
             await response.prepare(request)
             async for chunk in chunks:
                 await response.write(chunk)

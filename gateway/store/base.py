@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -108,7 +109,7 @@ class Store(Protocol):
         ...
 
     async def bytes_stored(self, tenant: str) -> int:
-        """Bytes of the tenant's files held by the gateway (local blobs)."""
+        """Bytes of the tenant's uploads held by the gateway (copies of outputs don't count)."""
         ...
 
     async def file_in_use(self, file_id: str) -> bool:
@@ -117,6 +118,17 @@ class Store(Protocol):
 
     async def expired_files(self, now: float, limit: int) -> list[FileRecord]:
         """Files whose expires_at has passed and that no active batch reads."""
+        ...
+
+    async def files_to_keep(
+        self, providers: Sequence[str], after: str, now: float, limit: int
+    ) -> list[FileRecord]:
+        """Unexpired output files of ended batches at these providers with no blob yet,
+        by id after `after`."""
+        ...
+
+    async def set_file_blob(self, file_id: str, blob: str, size: int) -> bool:
+        """Record the gateway's copy of a file; False if the row is gone or has one."""
         ...
 
     async def active_batches(self, provider: str | None = None) -> list[BatchRecord]: ...
@@ -158,6 +170,10 @@ class Store(Protocol):
 
     async def acquire_lease(self, name: str, owner: str, seconds: float, now: float) -> bool:
         """Take or renew the named lease; False while another owner holds it."""
+        ...
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        """Give the lease up (at shutdown), so a successor need not wait for it to expire."""
         ...
 
     async def hit_rate_window(self, key: str, window_start: int, limit: int) -> tuple[bool, int]:

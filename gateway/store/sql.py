@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar
 
@@ -251,7 +252,8 @@ class SQLStore(ABC):
     async def bytes_stored(self, tenant: str) -> int:
         async with self._conn() as db:
             rows = await db.fetch(
-                "SELECT coalesce(sum(bytes), 0) FROM files WHERE tenant = ? AND blob IS NOT NULL",
+                "SELECT coalesce(sum(bytes), 0) FROM files"
+                " WHERE tenant = ? AND purpose = 'batch' AND blob IS NOT NULL",
                 tenant,
             )
         return int(rows[0][0])  # PostgreSQL's sum() of bigint is a numeric
@@ -274,6 +276,35 @@ class SQLStore(ABC):
                 limit,
             )
         return [file_from_row(r) for r in rows]
+
+    async def files_to_keep(
+        self, providers: Sequence[str], after: str, now: float, limit: int
+    ) -> list[FileRecord]:
+        if not providers:
+            return []
+        async with self._conn() as db:
+            rows = await db.fetch(
+                f"SELECT {FILE_COLS} FROM files WHERE blob IS NULL AND upstream_id IS NOT NULL"
+                f" AND id > ? AND provider IN ({','.join('?' * len(providers))})"
+                " AND purpose = 'batch_output' AND (expires_at IS NULL OR expires_at > ?)"
+                " AND EXISTS (SELECT 1 FROM batches WHERE batches.id = files.batch_id"
+                f" AND NOT {NOT_TERMINAL}) ORDER BY id LIMIT ?",
+                after,
+                *providers,
+                int(now),
+                limit,
+            )
+        return [file_from_row(r) for r in rows]
+
+    async def set_file_blob(self, file_id: str, blob: str, size: int) -> bool:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                "UPDATE files SET blob = ?, bytes = ? WHERE id = ? AND blob IS NULL RETURNING id",
+                blob,
+                size,
+                file_id,
+            )
+        return bool(rows)
 
     async def active_batches(self, provider: str | None = None) -> list[BatchRecord]:
         sql = f"SELECT {BATCH_COLS} FROM batches WHERE {NOT_TERMINAL} AND NOT pending"
@@ -374,6 +405,10 @@ class SQLStore(ABC):
                 float(now),
             )
         return bool(rows)
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        async with self._conn() as db:
+            await db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", name, owner)
 
     # rate windows (limits that hold across replicas)
 

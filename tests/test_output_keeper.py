@@ -1,0 +1,163 @@
+"""The gateway keeps its own copy of a remote provider's output files once a batch ends."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from gateway.api import SERVICE
+from gateway.keeper import OutputKeeper
+from gateway.service import GatewayService
+from gateway.store import FileRecord
+from tests.conftest import Gateway, StartGateway
+from tests.fakes.openai_upstream import ANYAPI_ENDPOINTS, UPSTREAM, make_openai_upstream
+from tests.support import chat_file, make_config
+from tests.test_flow_sdk import wait_terminal
+from tests.test_openai_provider import create, upload
+
+KEY = "sk-keeper-upstream-789"
+CONTENT = "GET /v1/files/"
+
+
+@pytest.fixture
+async def start_remote(
+    start_gateway: StartGateway,
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    tmp_path: Path,
+) -> Callable[..., Awaitable[tuple[Gateway, Any]]]:
+    async def start(*, keep: bool = True) -> tuple[Gateway, Any]:
+        upstream = await aiohttp_server(make_openai_upstream(KEY))
+        provider = {
+            "type": "openai",
+            "base_url": str(upstream.make_url("/v1")),
+            "api_key": KEY,
+            "endpoints": sorted(ANYAPI_ENDPOINTS),
+            "retry_backoff_seconds": 0,
+            "max_retries": 0,
+        }
+        config = make_config(
+            tmp_path,
+            providers={"anyapi": provider},
+            default="anyapi",
+            blobs={"dir": "./files", "keep_provider_outputs": keep},
+        )
+        gw = await start_gateway(config)
+        return gw, upstream.app[UPSTREAM]
+
+    return start
+
+
+def service_of(gw: Gateway) -> GatewayService:
+    return gw.server.app[SERVICE]
+
+
+async def finished_batch(gw: Gateway) -> tuple[str, str]:
+    """(output file id, error file id) of a batch with good lines and one failing line."""
+    content = chat_file(3) + b'{"custom_id": "bad", "method": "POST", "url": '
+    content += b'"/v1/chat/completions", "body": {"model": "fail-model", "messages": []}}\n'
+    batch = await create(gw, await upload(gw, content))
+    done = await wait_terminal(gw.client, batch.id)
+    assert done.status == "completed" and done.output_file_id and done.error_file_id
+    return done.output_file_id, done.error_file_id
+
+
+async def kept(gw: Gateway, file_id: str, timeout: float = 5.0) -> FileRecord:
+    store = service_of(gw).store
+    for _ in range(int(timeout / 0.02)):
+        record = await store.get_file(file_id)
+        if record is not None and record.blob is not None:
+            return record
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{file_id} was not kept")
+
+
+def content_calls(upstream: Any) -> int:
+    return sum(1 for method, path in upstream.requests if f"{method} {path}".startswith(CONTENT))
+
+
+async def test_outputs_are_kept_when_the_batch_ends_and_served_without_the_provider(
+    start_remote: Callable[..., Awaitable[tuple[Gateway, Any]]],
+) -> None:
+    gw, upstream = await start_remote()
+    output_id, error_id = await finished_batch(gw)
+    by_gateway_id = {}
+    for file_id in (output_id, error_id):
+        record = await kept(gw, file_id)
+        by_gateway_id[file_id] = upstream.files[record.upstream_id]["_content"]
+        assert record.bytes == len(by_gateway_id[file_id])
+        assert (gw.config.blobs.dir / record.blob).read_bytes() == by_gateway_id[file_id]
+
+    # The provider now fails every file read: downloads still work, from the copy.
+    calls = content_calls(upstream)
+    upstream.fail_on, upstream.fail_next = CONTENT, [500] * 20
+    for file_id, expected in by_gateway_id.items():
+        assert (await gw.client.files.content(file_id)).content == expected
+        async with gw.http.get(gw.url(f"/v1/files/{file_id}/content")) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Length"] == str(len(expected))
+            assert await resp.read() == expected
+        assert (await gw.client.files.retrieve(file_id)).bytes == len(expected)
+    assert content_calls(upstream) == calls
+    assert len(upstream.fail_next) == 20
+
+
+async def test_a_failed_copy_is_tried_again_after_a_backoff(
+    start_remote: Callable[..., Awaitable[tuple[Gateway, Any]]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gw, upstream = await start_remote(keep=False)  # no background keeper: sweeps by hand
+    output_id, error_id = await finished_batch(gw)
+    svc = service_of(gw)
+    keeper = OutputKeeper(svc, "test-owner", lease_seconds=60, retry_base_seconds=0.2)
+
+    upstream.fail_on, upstream.fail_next = CONTENT, [500, 500]
+    with caplog.at_level(logging.WARNING, logger="gateway.keeper"):
+        assert await keeper.sweep() == 0
+    assert "failed (retryable)" in caplog.text
+    assert not list((gw.config.blobs.dir / "tmp").iterdir())  # no partial copy left
+    calls = content_calls(upstream)
+    assert await keeper.sweep() == 0  # not due yet: the provider is not asked again
+    assert content_calls(upstream) == calls
+
+    await asyncio.sleep(0.25)
+    assert await keeper.sweep() == 2
+    assert (await kept(gw, output_id)).blob is not None
+    assert (await kept(gw, error_id)).blob is not None
+    assert await keeper.sweep() == 0
+
+
+async def test_a_copy_made_elsewhere_first_is_dropped(
+    start_remote: Callable[..., Awaitable[tuple[Gateway, Any]]],
+) -> None:
+    gw, _ = await start_remote(keep=False)
+    output_id, _ = await finished_batch(gw)
+    svc = service_of(gw)
+    record = await svc.store.get_file(output_id)
+    assert record is not None
+    # Another replica's copy lands while this one is being made.
+    assert await svc.store.set_file_blob(output_id, "elsewhere", 1)
+    keeper = OutputKeeper(svc, "test-owner", lease_seconds=60)
+    assert await keeper.keep(record) is False
+    blobs = sorted(p.name for p in gw.config.blobs.dir.iterdir() if p.is_file())
+    assert not [name for name in blobs if name.startswith(output_id)]
+
+
+async def test_files_of_local_providers_are_not_copied(start_gateway: StartGateway) -> None:
+    gw = await start_gateway()  # the sandbox keeps its files on this machine already
+    batch = await gw.client.batches.create(
+        input_file_id=(await upload(gw)),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+    )
+    done = await wait_terminal(gw.client, batch.id)
+    assert done.output_file_id
+    keeper = OutputKeeper(service_of(gw), "test-owner", lease_seconds=60)
+    assert await keeper.sweep() == 0
+    record = await service_of(gw).store.get_file(done.output_file_id)
+    assert record is not None and record.blob is None

@@ -24,6 +24,17 @@ def jsonl(lines: list[Any]) -> bytes:
     return "".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines).encode()
 
 
+def big_file(total: int) -> bytes:
+    """Valid JSONL of at least `total` bytes, in lines of about 100 KB."""
+    lines, size = [], 0
+    while size < total:
+        line = chat_line(len(lines))
+        line["body"]["messages"][0]["content"] = "x" * 100_000
+        lines.append(line)
+        size += 100_100
+    return jsonl(lines)
+
+
 def chat_file(n: int, **kwargs: Any) -> bytes:
     return jsonl([chat_line(i, **kwargs) for i in range(n)])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import Awaitable, Callable
@@ -12,25 +13,15 @@ import openai
 import pytest
 from aiohttp.test_utils import TestServer
 
+from gateway.api import SERVICE
 from gateway.blobs_s3 import S3Blobs
 from gateway.config import S3BlobsConfig
 from tests.conftest import Gateway, StartGateway, s3_client
-from tests.fakes.openai_upstream import make_openai_upstream
-from tests.support import chat_line, jsonl, make_config
+from tests.fakes.openai_upstream import UPSTREAM, make_openai_upstream
+from tests.support import big_file, chat_line, jsonl, make_config
 from tests.test_flow_sdk import wait_terminal
 
 PART = 5 * 1024 * 1024  # the s3_blobs fixture's part size (S3's minimum)
-
-
-def big_file(total: int) -> bytes:
-    """Valid JSONL of at least `total` bytes, in lines of about 100 KB."""
-    lines, size = [], 0
-    while size < total:
-        line = chat_line(len(lines))
-        line["body"]["messages"][0]["content"] = "x" * 100_000
-        lines.append(line)
-        size += 100_100
-    return jsonl(lines)
 
 
 async def bucket_state(blobs: dict[str, Any]) -> tuple[dict[str, int], list[str]]:
@@ -137,7 +128,7 @@ async def test_a_batch_runs_from_an_s3_input_file(s3_gateway: Gateway) -> None:
     ]
 
 
-async def test_an_openai_provider_gets_the_input_streamed_from_s3(
+async def test_an_openai_provider_reads_the_input_from_s3_and_its_output_is_kept_there(
     start_gateway: StartGateway,
     aiohttp_server: Callable[..., Awaitable[TestServer]],
     tmp_path: Path,
@@ -162,6 +153,23 @@ async def test_an_openai_provider_gets_the_input_streamed_from_s3(
     done = await wait_terminal(gw.client, batch.id)
     assert done.status == "completed"
     assert done.request_counts is not None and done.request_counts.completed == 3
+
+    assert done.output_file_id is not None
+    state = upstream.app[UPSTREAM]
+    for _ in range(250):  # the keeper copies the output file once the batch has ended
+        objects, unfinished = await bucket_state(s3_blobs)
+        kept = [k for k in objects if k.startswith(f"files/{done.output_file_id}.")]
+        if kept:
+            break
+        await asyncio.sleep(0.02)
+    assert len(kept) == 1 and not unfinished
+    record = await gw.server.app[SERVICE].store.get_file(done.output_file_id)
+    assert record is not None and record.upstream_id is not None
+    expected = state.files[record.upstream_id]["_content"]
+    assert objects[kept[0]] == len(expected)
+    state.fail_on, state.fail_next = "GET /v1/files/", [500] * 5  # served from S3 now
+    assert (await gw.client.files.content(done.output_file_id)).content == expected
+    assert len(state.fail_next) == 5
 
 
 async def test_a_missing_key_or_bucket_is_reported(s3_blobs: dict[str, Any]) -> None:

@@ -11,9 +11,10 @@ import openai
 import pytest
 
 from gateway import ids
+from gateway.blobs import WINDOW
 from gateway.store import FileRecord
 from tests.conftest import Gateway, StartGateway
-from tests.support import chat_file, make_config
+from tests.support import big_file, chat_file, make_config
 from tests.test_flow_sdk import wait_terminal
 from tests.test_key_limits import SLOW_SANDBOX
 
@@ -35,6 +36,20 @@ async def completed_batch(gw: Gateway, **kwargs: object) -> tuple[str, str, str]
     done = await wait_terminal(gw.client, batch.id)
     assert done.output_file_id
     return f.id, batch.id, done.output_file_id
+
+
+async def test_a_file_of_several_mmap_windows_downloads_whole_with_its_length(
+    gateway: Gateway,
+) -> None:
+    content = big_file(3 * WINDOW + 12345)  # windows are sent as they are mapped
+    uploaded = await gateway.client.files.create(
+        file=("big.jsonl", io.BytesIO(content)), purpose="batch"
+    )
+    async with gateway.http.get(gateway.url(f"/v1/files/{uploaded.id}/content")) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Length"] == str(len(content))
+        assert await resp.read() == content
+    assert (await gateway.client.files.content(uploaded.id)).content == content
 
 
 async def test_output_files_are_read_only(gateway: Gateway) -> None:

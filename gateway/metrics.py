@@ -143,9 +143,21 @@ def initialize(providers: Iterable[str]) -> None:
 class UpstreamMetrics:
     """The resilience layer's observer: upstream calls, retries and breaker state."""
 
+    def __init__(self) -> None:
+        # labels() takes a lock and builds a key on every call; an attempt sits on the
+        # request's path, so its two children are looked up once.
+        self._children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+
     def attempt(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
-        UPSTREAM_REQUESTS.labels(provider, operation, outcome).inc()
-        UPSTREAM_DURATION.labels(provider, operation).observe(seconds)
+        key = (provider, operation, outcome)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                UPSTREAM_REQUESTS.labels(provider, operation, outcome),
+                UPSTREAM_DURATION.labels(provider, operation),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
         addupstream_wait(seconds)
 
     def retry(self, provider: str, operation: str) -> None:

@@ -8,6 +8,7 @@ the gateway's own overhead (total minus waiting on providers) is measured.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -50,22 +51,32 @@ def observe_middleware(access_log: bool) -> Callable[..., Any]:
             raise
         finally:
             elapsed = time.perf_counter() - started
-            route = route_of(request)
-            metrics.record_http(route, request.method, status, elapsed, waited[0])
-            if access_log and route not in QUIET_ROUTES:
-                log.info(
-                    "%s %s %s",
-                    request.method,
-                    route,
-                    status,
-                    extra={
-                        "method": request.method,
-                        "route": route,
-                        "status": status,
-                        "duration_ms": round(elapsed * 1000, 3),
-                    },
-                )
+            # The log line and the metrics wait for the next turn of the loop, which comes
+            # after aiohttp has written the response: the client doesn't wait for them.
+            # call_soon runs them in a copy of this context, so the line has the request id.
+            asyncio.get_running_loop().call_soon(
+                _report, request.method, route_of(request), status, elapsed, waited[0], access_log
+            )
             metrics.upstream_wait.reset(wait_token)
             request_id.reset(rid_token)
 
     return observe
+
+
+def _report(
+    method: str, route: str, status: int, elapsed: float, waited: float, access_log: bool
+) -> None:
+    metrics.record_http(route, method, status, elapsed, waited)
+    if access_log and route not in QUIET_ROUTES:
+        log.info(
+            "%s %s %s",
+            method,
+            route,
+            status,
+            extra={
+                "method": method,
+                "route": route,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 3),
+            },
+        )

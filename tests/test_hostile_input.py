@@ -7,8 +7,10 @@ Raw sockets play the clients no SDK would be: one that stalls mid-body
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,9 +24,10 @@ from yarl import URL
 
 from gateway.api import SERVICE
 from gateway.app import SERVER_ARGS, create_app
+from gateway.blobs import WINDOW
 from gateway.store import Page
 from tests.conftest import Gateway, StartGateway
-from tests.support import chat_file, make_config
+from tests.support import big_file, chat_file, make_config
 from tests.test_errors import assert_envelope
 
 BOUNDARY = "hostileboundary"
@@ -305,3 +308,42 @@ async def test_unknown_endpoints_and_methods(gateway: Gateway) -> None:
             assert_envelope(await resp.json())
             if status == 405:
                 assert resp.headers["Allow"]
+
+
+async def test_clients_hanging_up_mid_download_leave_no_open_file_or_mapping(
+    gateway: Gateway,
+) -> None:
+    content = big_file(8 * WINDOW)  # far more than the socket buffers take at once
+    uploaded = await gateway.client.files.create(
+        file=("big.jsonl", io.BytesIO(content)), purpose="batch"
+    )
+    blob = str(gateway.config.blobs.dir / uploaded.id)
+
+    def held() -> tuple[int, int]:
+        """(open descriptors of the blob, mappings of it) in this process, the gateway's."""
+        fds = sum(1 for fd in Path("/proc/self/fd").iterdir() if _target(fd) == blob)
+        maps = Path("/proc/self/maps").read_text().count(blob)
+        return fds, maps
+
+    request = f"GET /v1/files/{uploaded.id}/content HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    for _ in range(5):
+        reader, writer = await asyncio.open_connection(gateway.server.host, gateway.server.port)
+        writer.write(request)
+        assert (await reader.readexactly(12)) == b"HTTP/1.1 200"
+        await reader.read(64 * 1024)
+        writer.transport.abort()  # gone mid-body: a reset, not a clean close
+    for _ in range(100):
+        gc.collect()
+        if held() == (0, 0):
+            break
+        await asyncio.sleep(0.02)
+    assert held() == (0, 0)
+    # The gateway is fine: the next download is whole.
+    assert (await gateway.client.files.content(uploaded.id)).content == content
+
+
+def _target(fd: Path) -> str | None:
+    try:
+        return os.readlink(fd)
+    except OSError:  # closed meanwhile
+        return None

@@ -52,6 +52,21 @@ async def test_a_file_of_several_mmap_windows_downloads_whole_with_its_length(
     assert (await gateway.client.files.content(uploaded.id)).content == content
 
 
+async def test_head_of_content_sends_the_headers_only(gateway: Gateway) -> None:
+    content = chat_file(5)
+    uploaded = await gateway.client.files.create(
+        file=("in.jsonl", io.BytesIO(content)), purpose="batch"
+    )
+    url = gateway.url(f"/v1/files/{uploaded.id}/content")
+    for _ in range(2):  # the same keep-alive connection carries on cleanly
+        async with gateway.http.head(url) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Length"] == str(len(content))
+            assert await resp.read() == b""
+        async with gateway.http.get(url) as resp:
+            assert await resp.read() == content
+
+
 async def test_output_files_are_read_only(gateway: Gateway) -> None:
     _, _, output = await completed_batch(gateway)
     with pytest.raises(openai.BadRequestError) as info:

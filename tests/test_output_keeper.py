@@ -132,6 +132,23 @@ async def test_a_failed_copy_is_tried_again_after_a_backoff(
     assert await keeper.sweep() == 0
 
 
+async def test_a_relayed_file_answers_head_without_asking_the_provider(
+    start_remote: Callable[..., Awaitable[tuple[Gateway, Any]]],
+) -> None:
+    gw, upstream = await start_remote(keep=False)
+    output_id, _ = await finished_batch(gw)
+    calls = content_calls(upstream)
+    url = gw.url(f"/v1/files/{output_id}/content")
+    async with gw.http.head(url) as resp:
+        assert resp.status == 200 and await resp.read() == b""
+    assert content_calls(upstream) == calls
+    record = await service_of(gw).store.get_file(output_id)
+    assert record is not None and record.blob is None and record.upstream_id is not None
+    async with gw.http.get(url) as resp:  # relayed, on the same connection
+        assert await resp.read() == upstream.files[record.upstream_id]["_content"]
+    assert content_calls(upstream) == calls + 1
+
+
 async def test_a_copy_made_elsewhere_first_is_dropped(
     start_remote: Callable[..., Awaitable[tuple[Gateway, Any]]],
 ) -> None:

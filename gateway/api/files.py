@@ -170,20 +170,22 @@ async def delete(request: web.Request) -> web.Response:
 async def content(request: web.Request) -> web.StreamResponse:
     svc = service(request)
     source = await svc.open_content(tenant_of(request), request.match_info["file_id"])
-    size: int | None = None
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     stream: AbstractAsyncContextManager[AsyncIterator[bytes | memoryview]]
     if isinstance(source, FileRecord):
         assert source.blob is not None
-        size = source.bytes
+        response.content_length = source.bytes
         path = svc.blobs.local_path(source.blob)
         stream = mapped(path) if path is not None else svc.blobs.open(source.blob)
     else:
         stream = source  # the provider's bytes, relayed as they arrive
+    if request.method == "HEAD":  # what a GET would answer, without the body
+        await response.prepare(request)
+        await response.write_eof()
+        return response
     sent = 0
     try:
         async with stream as chunks:
-            response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-            response.content_length = size
             await response.prepare(request)
             async for chunk in chunks:
                 await response.write(chunk)

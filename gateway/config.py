@@ -426,10 +426,10 @@ def parse_config(raw: Any, base_dir: Path) -> Config:
     store = config.store
     if store.url.startswith("sqlite:///"):
         db = _resolve(base_dir, Path(store.url.removeprefix("sqlite:///")))
-        store = StoreConfig(url=f"sqlite:///{db}")
+        store = store.model_copy(update={"url": f"sqlite:///{db}"})
     blobs = config.blobs
-    if blobs.dir is not None:
-        blobs = BlobsConfig(dir=_resolve(base_dir, blobs.dir))
+    if blobs.dir is not None:  # a copy, so the section's other settings stay
+        blobs = blobs.model_copy(update={"dir": _resolve(base_dir, blobs.dir)})
     return config.model_copy(update={"providers": providers, "store": store, "blobs": blobs})
 
 

@@ -76,7 +76,7 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> Non
         folder,
         """
 store: {url: "sqlite:///./state/gw.db"}
-blobs: {dir: ./blobs}
+blobs: {dir: ./blobs, keep_provider_outputs: false}
 providers: {sandbox: {type: sandbox, dir: ./sbx}}
 default: sandbox
 """,
@@ -84,6 +84,7 @@ default: sandbox
     config = load_config(path)
     assert config.sqlite_path() == folder / "state" / "gw.db"
     assert config.blobs.dir == folder / "blobs"
+    assert config.blobs.keep_provider_outputs is False  # resolving kept the other settings
     assert config.providers["sandbox"].dir == folder / "sbx"  # type: ignore[union-attr]
 
 

@@ -18,7 +18,7 @@ from contextlib import suppress
 
 from gateway.service import GatewayService
 from gateway.store import FileRecord
-from providers.base import ProviderError
+from providers.base import Provider, ProviderError
 from providers.ratelimit import backoff_seconds
 
 log = logging.getLogger("gateway.keeper")
@@ -96,17 +96,9 @@ class OutputKeeper:
             return False
         # A key of its own: a replica that lost the lease mid-copy may copy it too.
         key = f"{record.id}.{secrets.token_hex(4)}"
-        writer = svc.blobs.writer(key)
-        size = 0
         try:
-            async with provider.open_file_content(record.upstream_id) as chunks:
-                async for chunk in chunks:
-                    await writer.write(chunk)
-                    size += len(chunk)
-        except BaseException as exc:
-            await writer.abort()
-            if not isinstance(exc, ProviderError | OSError):
-                raise
+            size = await self._copy(provider, record.upstream_id, key)
+        except Exception as exc:  # the provider, the disk or the bucket: all retried later
             failures = self._retry.get(record.id, (0, 0.0))[0] + 1
             delay = backoff_seconds(
                 failures - 1, self.retry_base_seconds, None, cap=RETRY_CAP_SECONDS
@@ -115,10 +107,24 @@ class OutputKeeper:
             reason = exc.kind if isinstance(exc, ProviderError) else type(exc).__name__
             log.warning("keeper: copy of %s failed (%s), next in %.1f s", record.id, reason, delay)
             return False
-        await writer.commit()
         self._retry.pop(record.id, None)
         if not await svc.store.set_file_blob(record.id, key, size):
             await svc.blobs.delete(key)  # expired, deleted, or copied elsewhere meanwhile
             return False
         svc.events.file_bytes("kept", size)
         return True
+
+    async def _copy(self, provider: Provider, upstream_id: str, key: str) -> int:
+        """The provider's file into blob `key`, all or nothing; returns its size."""
+        writer = self.service.blobs.writer(key)
+        size = 0
+        try:
+            async with provider.open_file_content(upstream_id) as chunks:
+                async for chunk in chunks:
+                    await writer.write(chunk)
+                    size += len(chunk)
+        except BaseException:
+            await writer.abort()
+            raise
+        await writer.commit()
+        return size

@@ -149,6 +149,26 @@ async def test_a_relayed_file_answers_head_without_asking_the_provider(
     assert content_calls(upstream) == calls + 1
 
 
+async def test_a_blob_store_that_cannot_write_delays_the_copy(
+    start_remote: Callable[..., Awaitable[tuple[Gateway, Any]]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gw, _ = await start_remote(keep=False)
+    output_id, _ = await finished_batch(gw)
+    keeper = OutputKeeper(service_of(gw), "test-owner", lease_seconds=60, retry_base_seconds=0.2)
+    staging = gw.config.blobs.dir / "tmp"
+    staging.rmdir()
+    staging.write_bytes(b"")  # a file where the staging folder should be: no copy can start
+    with caplog.at_level(logging.WARNING, logger="gateway.keeper"):
+        assert await keeper.sweep() == 0
+    assert "failed (NotADirectoryError)" in caplog.text
+    staging.unlink()
+    staging.mkdir()
+    await asyncio.sleep(0.25)
+    assert await keeper.sweep() == 2
+    assert (await kept(gw, output_id)).blob is not None
+
+
 async def test_a_copy_made_elsewhere_first_is_dropped(
     start_remote: Callable[..., Awaitable[tuple[Gateway, Any]]],
 ) -> None:

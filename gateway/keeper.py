@@ -53,8 +53,11 @@ class OutputKeeper:
         ended = self.service.batch_ended
         try:
             while True:
+                # Not wait_for: on Python 3.11 it can swallow a cancel that lands as the
+                # event is set, and the app's shutdown would wait for this loop forever.
                 with suppress(TimeoutError):
-                    await asyncio.wait_for(ended.wait(), SWEEP_SECONDS)
+                    async with asyncio.timeout(SWEEP_SECONDS):
+                        await ended.wait()
                 ended.clear()
                 try:
                     await self.sweep()

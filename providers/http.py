@@ -1,9 +1,10 @@
 """HTTP plumbing shared by every adapter that talks to a remote API.
 
-One `ClientSession` per provider for the process lifetime, and one place that
-turns transport failures and non-2xx answers into `ProviderError`s whose
-messages are safe to show a client: the key, the base URL and upstream ids are
-scrubbed out before anything leaves this module.
+Per provider, for the process lifetime: a pool of kept-alive connections for the
+small JSON calls (`pool.py`), and an aiohttp `ClientSession` for multipart
+uploads and streamed downloads. One place turns transport failures and non-2xx
+answers into `ProviderError`s whose messages are safe to show a client: the key,
+the base URL and upstream ids are scrubbed out before anything leaves this module.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import quote
+from typing import IO, Any
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import orjson
 
 from providers.base import BaseProvider, ErrorKind, ProviderError
+from providers.pool import ConnectError, ConnectionPool
 from providers.ratelimit import retry_after_seconds
 
 _UPSTREAM_ID = re.compile(r"\b(?:file|batch|msgbatch|req|batch_req)[-_][A-Za-z0-9_-]+")
@@ -40,6 +42,8 @@ def kind_for_status(status: int) -> ErrorKind:
 
 def transport_error(exc: BaseException) -> ProviderError:
     """A failure below HTTP. Only a failed connect proves the request never arrived."""
+    if isinstance(exc, ConnectError):
+        return ProviderError("retryable", str(exc))
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return ProviderError("retryable", f"could not connect ({type(exc).__name__})")
     if isinstance(exc, TimeoutError):
@@ -62,7 +66,7 @@ def transport_errors() -> Iterator[None]:
     """Connection failures and timeouts as retryable ProviderErrors (no URL in the text)."""
     try:
         yield
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
         raise transport_error(exc) from None
 
 
@@ -108,6 +112,9 @@ class HTTPProvider(BaseProvider):
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
         self._session: aiohttp.ClientSession | None = None
+        self._pool = ConnectionPool(
+            self.base_url, headers, connect_timeout=connect_timeout, read_timeout=read_timeout
+        )
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -115,7 +122,6 @@ class HTTPProvider(BaseProvider):
             self._session = aiohttp.ClientSession(
                 headers=self._headers,
                 timeout=self._timeout,
-                json_serialize=lambda o: orjson.dumps(o).decode(),
                 connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
                 # Provider APIs authenticate by header; a real jar only costs a
                 # cookie filter and update on every call.
@@ -124,6 +130,7 @@ class HTTPProvider(BaseProvider):
         return self._session
 
     async def close(self) -> None:
+        await self._pool.close()
         if self._session is not None:
             await self._session.close()
 
@@ -132,11 +139,32 @@ class HTTPProvider(BaseProvider):
             text = text.replace(secret, "[redacted]")
         return _UPSTREAM_ID.sub("[upstream id]", text)[:1000]
 
-    async def request_raw(self, method: str, path: str, **kwargs: Any) -> RawResponse:
-        """One request; only transport failures raise (as retryable ProviderErrors)."""
+    async def request_raw(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        data: bytes | aiohttp.FormData | IO[bytes] | None = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> RawResponse:
+        """One request; only transport failures raise (as retryable ProviderErrors).
+
+        A body of bytes or JSON goes through the connection pool; a form or an open
+        file (uploads, big request bodies) is streamed by aiohttp.
+        """
         with transport_errors():
-            async with self.session.request(method, self.base_url + path, **kwargs) as resp:
-                return RawResponse(resp.status, resp.headers.copy(), await resp.read())
+            if data is not None and not isinstance(data, bytes):
+                url = self.base_url + path
+                async with self.session.request(method, url, data=data, headers=headers) as resp:
+                    return RawResponse(resp.status, resp.headers.copy(), await resp.read())
+            if json is not None:
+                data = orjson.dumps(json)
+                headers = {"Content-Type": "application/json", **(headers or {})}
+            target = f"{path}?{urlencode(params)}" if params else path
+            status, answer_headers, body = await self._pool.request(method, target, data, headers)
+            return RawResponse(status, answer_headers, body)
 
     async def request_json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         resp = await self.request_raw(method, path, **kwargs)

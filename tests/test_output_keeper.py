@@ -198,3 +198,18 @@ async def test_files_of_local_providers_are_not_copied(start_gateway: StartGatew
     assert await keeper.sweep() == 0
     record = await service_of(gw).store.get_file(done.output_file_id)
     assert record is not None and record.blob is None
+
+
+async def test_the_keeper_stops_when_cancelled_even_as_a_batch_ends(
+    start_gateway: StartGateway,
+) -> None:
+    svc = service_of(await start_gateway())
+    for _ in range(20):  # the cancel and the wake-up land in the same turn of the loop
+        keeper = OutputKeeper(svc, "test-owner", lease_seconds=60)
+        task = asyncio.create_task(keeper.run())
+        await asyncio.sleep(0.01)
+        svc.batch_ended.set()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(2):  # a swallowed cancel would keep it sweeping
+                await task

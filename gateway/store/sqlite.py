@@ -160,12 +160,12 @@ class SQLiteStore(SQLStore):
     def _write(self) -> AbstractAsyncContextManager[Executor]:
         if self._loop_writer is None:
             return self._conn()
-        return _ready(self._loop_writer)
+        return _Ready(self._loop_writer)
 
     def _read(self) -> AbstractAsyncContextManager[Executor]:
         if self._read_executor is None:
             return self._conn()
-        return _ready(self._read_executor)
+        return _Ready(self._read_executor)
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[Executor]:
@@ -191,9 +191,23 @@ class SQLiteStore(SQLStore):
         return self._tx()
 
 
-@asynccontextmanager
-async def _ready(executor: Executor) -> AsyncIterator[Executor]:
-    yield executor
+class _Ready:
+    """An executor that needs no lock or transaction, as an async context manager.
+
+    A plain class: the generator behind @asynccontextmanager costs more than the
+    point read it wraps.
+    """
+
+    __slots__ = ("_executor",)
+
+    def __init__(self, executor: Executor) -> None:
+        self._executor = executor
+
+    async def __aenter__(self) -> Executor:
+        return self._executor
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
 
 
 async def _use_wal(db: aiosqlite.Connection) -> None:

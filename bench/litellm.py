@@ -25,6 +25,7 @@ import orjson
 
 from bench.data import ENDPOINT, write_jsonl
 from bench.harness import Harness, Server
+from bench.load import LoadResult
 from bench.procs import Proc, free_port
 from bench.report import Row, lat, mb, ms, rps
 
@@ -182,6 +183,26 @@ async def bench(h: Harness, rows: tuple[str, ...], skip: str | None) -> None:
         h.stop(server)
 
 
+def _added_latency_row(h: Harness, name: str, tag: str, got: LoadResult, ours: Row | None) -> None:
+    """LiteLLM's added p50 next to the gateway's from the same run (when that row ran)."""
+    if ours is None:
+        h.add(Row(name, f"{tag}: {lat(got)}", data={"litellm": got.summary()}))
+        return
+    added = got.p50 - ours.data["direct"]["p50_ms"]
+    gw_added = ours.data["added_p50_ms"]
+    h.add(
+        Row(
+            name,
+            f"{tag}: {lat(got)}, +{ms(added)} over direct",
+            f"gateway +{ms(gw_added)} over direct",
+            f"gateway adds {added / max(gw_added, 0.001):,.0f}× less",
+            "gateway ahead",
+            gw_added < added,
+            {"litellm": got.summary(), "litellm_added_p50_ms": added},
+        )
+    )
+
+
 async def _measure(h: Harness, ll: Server, rows: tuple[str, ...], tag: str) -> None:
     s = h.s
     cap = max(15.0, s.duration)  # LiteLLM answers tens of requests per second
@@ -189,24 +210,7 @@ async def _measure(h: Harness, ll: Server, rows: tuple[str, ...], tag: str) -> N
     urls = [ll.url(f"/v1/batches/batch_sim{i + 1}") for i in range(64)]
 
     c1 = await h.load(ll, urls, 1, min(n, 500), warmup=20, duration=cap)
-    ours = h.find("1. active retrieve c=1")
-    base = ours.data if ours else None
-    if base:
-        added = c1.p50 - base["direct"]["p50_ms"]
-        gw_added = base["added_p50_ms"]
-        h.add(
-            Row(
-                rows[0],
-                f"{tag}: {lat(c1)}, +{ms(added)} over direct",
-                f"gateway +{ms(gw_added)} over direct",
-                f"gateway adds {added / max(gw_added, 0.001):,.0f}× less",
-                "gateway ahead",
-                gw_added < added,
-                {"litellm": c1.summary(), "litellm_added_p50_ms": added},
-            )
-        )
-    else:
-        h.add(Row(rows[0], f"{tag}: {lat(c1)}", data={"litellm": c1.summary()}))
+    _added_latency_row(h, rows[0], tag, c1, h.find("1. active retrieve c=1"))
 
     c64 = await h.load(ll, urls, 64, n, warmup=64, duration=cap)
     ours = h.find("1. active retrieve c=64")
@@ -229,23 +233,7 @@ async def _measure(h: Harness, ll: Server, rows: tuple[str, ...], tag: str) -> N
     cr = await h.load(
         ll, ll.url("/v1/batches"), 1, min(n, 300), warmup=10, duration=cap, method="POST", body=body
     )
-    ours = h.find("3. create c=1")
-    if ours:
-        added = cr.p50 - ours.data["direct"]["p50_ms"]
-        gw_added = ours.data["added_p50_ms"]
-        h.add(
-            Row(
-                rows[2],
-                f"{tag}: {lat(cr)}, +{ms(added)} over direct",
-                f"gateway +{ms(gw_added)} over direct",
-                f"gateway adds {added / max(gw_added, 0.001):,.0f}× less",
-                "gateway ahead",
-                gw_added < added,
-                {"litellm": cr.summary(), "litellm_added_p50_ms": added},
-            )
-        )
-    else:
-        h.add(Row(rows[2], f"{tag}: {lat(cr)}", data={"litellm": cr.summary()}))
+    _added_latency_row(h, rows[2], tag, cr, h.find("3. create c=1"))
 
     path = h.work / "litellm-upload.jsonl"
     size = write_jsonl(path, s.litellm_upload_lines, s.line_bytes)

@@ -71,10 +71,11 @@ class OutputKeeper:
         """Copy every output file still missing a copy; returns how many were kept."""
         svc = self.service
         remote = sorted(name for name, p in svc.providers.items() if p.remote_files)
-        kept, after = 0, ""
+        kept, after, seen = 0, "", set[str]()
         while page := await svc.store.files_to_keep(remote, after, time.time(), PAGE):
             for record in page:
                 after = record.id
+                seen.add(record.id)
                 if not self._due(record.id):
                     continue
                 # Renewed per file: a long sweep keeps the lease, a lost one stops it.
@@ -85,6 +86,8 @@ class OutputKeeper:
                 kept += await self.keep(record)
             if len(page) < PAGE:
                 break
+        # Files that left the list (kept elsewhere, expired) need no retry schedule.
+        self._retry = {k: v for k, v in self._retry.items() if k in seen}
         return kept
 
     def _due(self, file_id: str) -> bool:

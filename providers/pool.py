@@ -60,6 +60,7 @@ class _Connection(asyncio.Protocol):
         self._headers: list[tuple[str, str]] = []
         self._body: list[bytes] = []
         self._answered = False
+        self._framed = False  # the answer says where its body ends
         self._until_close = False
         self._keep_alive = False
 
@@ -87,11 +88,12 @@ class _Connection(asyncio.Protocol):
     # httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self._framed = True
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
-        names = {name.lower() for name, _ in self._headers}
-        self._until_close = "content-length" not in names and "transfer-encoding" not in names
+        self._until_close = not self._framed
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -112,7 +114,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None and self._waiter is None
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        self._answered = self._keep_alive = False
+        self._answered = self._keep_alive = self._framed = False
         # A plain timer: cheaper than an asyncio.timeout() scope on every call.
         timer = loop.call_later(timeout, self._time_out)
         waiter.add_done_callback(lambda _: timer.cancel())

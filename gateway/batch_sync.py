@@ -104,7 +104,12 @@ class BatchSync:
             return  # most polls of a running batch change nothing: skip the write
         record.object = normalized
         ends = not was_terminal and record.status in TERMINAL_STATUSES
-        await self.store.update_batch(record, event=self._event(record) if ends else None)
+        if not await self.store.update_batch(record, event=self._event(record) if ends else None):
+            # Another writer ended the batch first: its state is the one that stands.
+            stored = await self.store.get_batch(record.id)
+            if stored is not None:
+                record.object = stored.object
+            return
         if ends:
             self.events.terminal(record)
             self.batch_ended.set()
@@ -173,8 +178,7 @@ class BatchSync:
             upstream_id=upstream_file,
             batch_id=record.id,
         )
-        await self.store.insert_file(file)
-        return file.id
+        return await self.store.insert_file(file)
 
 
 def _next_status(current: str, reported: str) -> str:

@@ -144,6 +144,47 @@ async def test_webhook_is_delivered_once_per_terminal_transition(
     assert event["id"].startswith("evt_")
 
 
+async def test_a_view_older_than_the_end_does_not_tell_the_webhook_twice(
+    start_gateway: StartGateway, aiohttp_server: Servers, tmp_path: Path
+) -> None:
+    # Two writers (a client's retrieve and the poller, or two replicas) can both see a
+    # batch end; only the first write of the end counts and queues the webhook.
+    received: list[bytes] = []
+
+    async def receiver(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", receiver)
+    hook = await aiohttp_server(app)
+    server = await aiohttp_server(make_openai_upstream(UPSTREAM_KEY))
+    config = make_config(
+        tmp_path,
+        providers={"up": remote(server)},
+        webhooks={"ops": {"url": str(hook.make_url("/hook")), "secret": SECRET}},
+        default="up",
+        routes=[{"to": "up", "webhook": "ops"}],
+        poller=FAST_POLLER,
+    )
+    gw = await start_gateway(config)
+    batch_id = await create(gw)
+    older = await gw.service.store.get_batch(batch_id)
+    assert older is not None and older.status == "validating"
+
+    async def one_delivery() -> bool:
+        return len(received) == 1
+
+    await eventually(one_delivery)
+    view = await gw.service.refresh(older)  # the provider says "completed" to it as well
+    assert view.object["status"] == "completed" and view.object == older.object
+    await asyncio.sleep(0.3)  # webhook sweeps run every 0.05 s
+    assert len(received) == 1
+    assert orjson.loads(received[0])["data"]["id"] == batch_id
+    stored = await gw.service.store.get_batch(batch_id)
+    assert stored is not None and stored.object == view.object
+
+
 async def test_a_keys_webhook_is_told_when_its_batches_end(
     start_gateway: StartGateway, aiohttp_server: Servers, tmp_path: Path
 ) -> None:

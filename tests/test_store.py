@@ -103,6 +103,19 @@ async def test_find_file_by_upstream(store: Store) -> None:
     assert await store.find_file_by_upstream("p", "u-3") is None
 
 
+async def test_a_provider_file_stored_twice_at_once_keeps_the_first_row(store: Store) -> None:
+    # A poll and a cancel of one batch can both meet its new output file at once.
+    first, second = (
+        file_record(n, purpose="batch_output", provider="p", upstream_id="u-2") for n in (2, 3)
+    )
+    ids = await asyncio.gather(store.insert_file(first), store.insert_file(second))
+    assert ids == [first.id, first.id]
+    assert await store.find_file_by_upstream("p", "u-2") == first
+    assert await store.get_file(second.id) is None
+    upload = file_record(4)
+    assert await store.insert_file(upload) == upload.id
+
+
 async def test_list_files_pages_both_orders_with_a_purpose_filter(store: Store) -> None:
     for n in range(1, 6):
         await store.insert_file(file_record(n))
@@ -259,6 +272,25 @@ async def test_a_webhook_event_is_queued_with_the_update(store: Store) -> None:
     await store.insert_batch(plain)
     await store.update_batch(plain, event=b"{}")
     assert await store.due_deliveries(now=1e10, limit=10) == []
+
+
+async def test_a_terminal_batch_is_final_for_writers_holding_an_older_view(store: Store) -> None:
+    record = batch_record(1)
+    record.webhook = "ops"
+    await store.insert_batch(record)
+    stale = batch_record(1)
+    stale.webhook = "ops"
+    record.object = {**record.object, "status": "completed"}
+    assert await store.update_batch(record, event=b'{"type": "batch.completed"}')
+
+    stale.object = {**stale.object, "status": "finalizing"}
+    assert not await store.update_batch(stale)
+    stale.object = {**stale.object, "status": "cancelled"}
+    assert not await store.update_batch(stale, event=b'{"type": "batch.cancelled"}')
+    stored = await store.get_batch(record.id)
+    assert stored is not None and stored.status == "completed"
+    [due] = await store.due_deliveries(now=time.time() + 1, limit=10)
+    assert due.event == b'{"type": "batch.completed"}'
 
 
 async def test_quota_counts_per_tenant(store: Store) -> None:

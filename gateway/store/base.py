@@ -70,7 +70,9 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    async def insert_file(self, record: FileRecord) -> None: ...
+    async def insert_file(self, record: FileRecord) -> str:
+        """Store a file; for a provider file already stored, the existing row's id."""
+        ...
 
     async def get_file(self, file_id: str, tenant: str | None = None) -> FileRecord | None: ...
 
@@ -90,8 +92,12 @@ class Store(Protocol):
 
     async def insert_batch(self, record: BatchRecord) -> None: ...
 
-    async def update_batch(self, record: BatchRecord, *, event: bytes | None = None) -> None:
-        """Persist the batch; with `event`, queue its webhook in the same transaction."""
+    async def update_batch(self, record: BatchRecord, *, event: bytes | None = None) -> bool:
+        """Persist the batch; with `event`, queue its webhook in the same transaction.
+
+        False, and nothing written, when the row is already terminal: an ended batch
+        never changes again, and only the write that ended it queues the webhook.
+        """
         ...
 
     async def delete_batch(self, batch_id: str) -> None: ...

@@ -68,10 +68,14 @@ class SQLStore(ABC):
 
     # files
 
-    async def insert_file(self, record: FileRecord) -> None:
+    async def insert_file(self, record: FileRecord) -> str:
+        # Two refreshes of one batch (a poll and a cancel) may both meet a new provider
+        # file: the first row wins, and the no-op update makes RETURNING name it.
         async with self._write() as db:
-            await db.execute(
-                f"INSERT INTO files ({FILE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            rows = await db.fetch(
+                f"INSERT INTO files ({FILE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (provider, upstream_id) WHERE upstream_id IS NOT NULL"
+                " DO UPDATE SET upstream_id = excluded.upstream_id RETURNING id",
                 record.id,
                 record.tenant,
                 record.purpose,
@@ -88,6 +92,7 @@ class SQLStore(ABC):
                 record.upstream_id,
                 record.batch_id,
             )
+        return str(rows[0][0])
 
     async def get_file(self, file_id: str, tenant: str | None = None) -> FileRecord | None:
         sql = f"SELECT {FILE_COLS} FROM files WHERE id = ?"
@@ -179,10 +184,13 @@ class SQLStore(ABC):
                 record.status,
             )
 
-    async def update_batch(self, record: BatchRecord, *, event: bytes | None = None) -> None:
+    async def update_batch(self, record: BatchRecord, *, event: bytes | None = None) -> bool:
+        # A terminal row is final. A writer holding an older view (a retrieve or a cancel
+        # racing the poller, here or on another replica) must not move it back, nor
+        # queue the webhook a second time.
         update = (
             "UPDATE batches SET object = ?, upstream_id = ?, pending = ?, status = ?, provider = ?"
-            " WHERE id = ?"
+            f" WHERE id = ? AND {NOT_TERMINAL} RETURNING id"
         )
         args = (
             to_json(record.object),
@@ -194,11 +202,11 @@ class SQLStore(ABC):
         )
         if event is None or record.webhook is None:
             async with self._write() as db:
-                await db.execute(update, *args)
-            return
+                return bool(await db.fetch(update, *args))
         # The webhook is queued with the state it reports, or not at all.
         async with self._tx() as db:
-            await db.execute(update, *args)
+            if not await db.fetch(update, *args):
+                return False
             await db.execute(
                 "INSERT INTO webhook_deliveries (batch_id, webhook, event, next_attempt_at)"
                 " VALUES (?, ?, ?, ?)",
@@ -207,6 +215,7 @@ class SQLStore(ABC):
                 event.decode(),
                 time.time(),
             )
+        return True
 
     async def delete_batch(self, batch_id: str) -> None:
         async with self._conn() as db:

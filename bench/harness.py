@@ -18,6 +18,7 @@ from bench.data import ENDPOINT, config_has
 from bench.load import LoadResult, check_loopback, run_load
 from bench.procs import Proc, free_port, python
 from bench.report import Row
+from bench.wrk import run_wrk
 
 # Extra top-level keys for the gateway's config (e.g. to switch a retrieve cache off).
 GATEWAY_CONFIG_EXTRA: dict[str, Any] = {}
@@ -235,15 +236,30 @@ class Harness:
         **kwargs: Any,
     ) -> LoadResult:
         """run_load within the size's time cap, noting the server's CPU time per request."""
-        cpu0 = server.proc.cpu_seconds()
-        result = await run_load(
-            urls,
-            concurrency=concurrency,
-            requests=requests,
-            duration=kwargs.pop("duration", self.s.duration),
-            warmup=warmup,
-            **kwargs,
+        duration = kwargs.pop("duration", self.s.duration)
+        return await self._cpu_noted(
+            server,
+            run_load(
+                urls,
+                concurrency=concurrency,
+                requests=requests,
+                duration=duration,
+                warmup=warmup,
+                **kwargs,
+            ),
         )
+
+    async def wrk(self, server: Server, urls: list[str], concurrency: int) -> LoadResult:
+        """wrk GETs for half the size's time cap, noting the server's CPU time per request."""
+        run = asyncio.to_thread(
+            run_wrk, urls, concurrency=concurrency, duration=self.s.duration / 2
+        )
+        return await self._cpu_noted(server, run)
+
+    @staticmethod
+    async def _cpu_noted(server: Server, run: Awaitable[LoadResult]) -> LoadResult:
+        cpu0 = server.proc.cpu_seconds()
+        result = await run
         if result.requests:
             cpu = server.proc.cpu_seconds() - cpu0
             result.extra["server_cpu_us_per_request"] = round(cpu / result.requests * 1e6)

@@ -37,6 +37,8 @@ class LoadResult:
     statuses: Counter[int] = field(default_factory=Counter)
     # What the caller measured alongside (server CPU, upstream calls, ...).
     extra: dict[str, Any] = field(default_factory=dict)
+    # Percentiles a client reported itself (wrk) instead of a latency per request.
+    percentiles_ms: dict[float, float] = field(default_factory=dict)
 
     @property
     def rps(self) -> float:
@@ -44,6 +46,8 @@ class LoadResult:
 
     def pct(self, q: float) -> float:
         """Nearest-rank percentile of the latencies, in milliseconds."""
+        if q in self.percentiles_ms:
+            return self.percentiles_ms[q]
         lat = self.latencies_ms
         if not lat:
             return float("nan")
@@ -66,7 +70,7 @@ class LoadResult:
             "p50_ms": round(self.p50, 3),
             "p90_ms": round(self.pct(90), 3),
             "p99_ms": round(self.p99, 3),
-            "max_ms": round(self.latencies_ms[-1], 3) if self.latencies_ms else None,
+            "max_ms": round(self.pct(100), 3),
             **self.extra,
         }
 

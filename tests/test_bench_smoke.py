@@ -27,3 +27,7 @@ def test_quick_bench_runs_and_prints_every_row(tmp_path: Path) -> None:
     results = orjson.loads((tmp_path / "latest.json").read_bytes())
     assert len(results["rows"]) == len(ROWS)
     assert (tmp_path / "latest.md").read_text().count("\n| ") >= len(ROWS)
+    # The --workers row is measured with wrk (.ci/run installs it), against one process.
+    [workers] = [r for r in results["rows"] if r["name"] == ROWS[4]]
+    assert "wrk client" in workers["measured"], workers
+    assert workers["data"]["one_process"]["requests"] > 0

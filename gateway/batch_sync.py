@@ -11,7 +11,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,16 @@ class BatchView:
 
 
 TERMINAL_CACHE_SIZE = 10_000
+ROUTE_CACHE_SIZE = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where an active batch lives. Fixed once its create completed, so safe to keep."""
+
+    tenant: str
+    provider: str
+    upstream_id: str
 
 
 class BatchSync:
@@ -53,20 +63,33 @@ class BatchSync:
     providers: Mapping[str, Provider]
     _refreshing: dict[str, asyncio.Future[BatchView]]
     _refreshed_at: dict[str, float]
+    # Active batches' routes by id, oldest first: a retrieve of one of them asks the
+    # provider first and reads the row while that call is in flight.
+    _routes: dict[str, Route]
     batch_ended: asyncio.Event
 
     async def refresh(self, record: BatchRecord) -> BatchView:
         """Ask the provider for the batch's state; one call in flight per batch."""
-        running = self._refreshing.get(record.id)
+        return await self._once(record.id, lambda: self._refresh(record))
+
+    async def refresh_routed(
+        self, batch_id: str, route: Route, load: Callable[[], Awaitable[BatchRecord]]
+    ) -> BatchView:
+        """refresh() of a batch whose route is known, with `load` reading its row
+        during the provider call rather than before it."""
+        return await self._once(batch_id, lambda: self._refresh_routed(route, load))
+
+    async def _once(self, batch_id: str, run: Callable[[], Awaitable[BatchView]]) -> BatchView:
+        running = self._refreshing.get(batch_id)
         if running is not None:
             return await asyncio.shield(running)
         future: asyncio.Future[BatchView] = asyncio.get_running_loop().create_future()
-        self._refreshing[record.id] = future
+        self._refreshing[batch_id] = future
         try:
-            view = await self._refresh(record)
+            view = await run()
             future.set_result(view)
             if self.config.retrieve_cache_seconds and not view.stale:
-                self._refreshed_at[record.id] = time.monotonic()
+                self._refreshed_at[batch_id] = time.monotonic()
                 if len(self._refreshed_at) > TERMINAL_CACHE_SIZE:
                     self._refreshed_at.pop(next(iter(self._refreshed_at)))
             return view
@@ -75,25 +98,55 @@ class BatchSync:
             future.exception()  # mark retrieved: waiters re-raise it, nobody else must
             raise
         finally:
-            del self._refreshing[record.id]
+            del self._refreshing[batch_id]
 
     async def _refresh(self, record: BatchRecord) -> BatchView:
         assert record.upstream_id is not None
         try:
-            upstream = await self._provider(record).get_batch(record.upstream_id)
+            upstream = await self._provider(record.provider).get_batch(record.upstream_id)
         except ProviderError as exc:
-            log.warning(
-                "batch %s: provider %s unavailable (%s)", record.id, record.provider, exc.kind
-            )
-            return BatchView(record.object, stale=True)
+            return self._stale(record, exc)
         await self._apply(record, upstream, only_if_changed=True)
         return BatchView(record.object)
 
-    def _provider(self, record: BatchRecord) -> Provider:
-        provider = self.providers.get(record.provider)
+    async def _refresh_routed(
+        self, route: Route, load: Callable[[], Awaitable[BatchRecord]]
+    ) -> BatchView:
+        row = asyncio.ensure_future(load())  # runs while this task waits on the provider
+        try:
+            upstream = await self._provider(route.provider).get_batch(route.upstream_id)
+        except ProviderError as exc:
+            return self._stale(await row, exc)
+        except BaseException:
+            row.cancel()
+            if row.done() and not row.cancelled():
+                row.exception()  # a failed read is moot once the call itself failed
+            raise
+        record = await row
+        if record.status in TERMINAL_STATUSES:  # ended by another process meanwhile
+            self._routes.pop(record.id, None)
+            return BatchView(record.object)
+        await self._apply(record, upstream, only_if_changed=True)
+        return BatchView(record.object)
+
+    def _stale(self, record: BatchRecord, exc: ProviderError) -> BatchView:
+        log.warning("batch %s: provider %s unavailable (%s)", record.id, record.provider, exc.kind)
+        return BatchView(record.object, stale=True)
+
+    def _provider(self, name: str) -> Provider:
+        provider = self.providers.get(name)
         if provider is None:
-            raise ProviderError("retryable", f"provider {record.provider!r} is not enabled")
+            raise ProviderError("retryable", f"provider {name!r} is not enabled")
         return provider
+
+    def _remember(self, record: BatchRecord) -> None:
+        if record.status in TERMINAL_STATUSES:
+            self._routes.pop(record.id, None)
+        elif record.upstream_id is not None and not record.pending:
+            if record.id not in self._routes:
+                self._routes[record.id] = Route(record.tenant, record.provider, record.upstream_id)
+                if len(self._routes) > ROUTE_CACHE_SIZE:
+                    self._routes.pop(next(iter(self._routes)))
 
     async def _apply(
         self, record: BatchRecord, upstream: UpstreamBatch, *, only_if_changed: bool = False
@@ -101,6 +154,7 @@ class BatchSync:
         was_terminal = record.status in TERMINAL_STATUSES
         normalized = await self._normalize(record, upstream)
         if only_if_changed and normalized == record.object:
+            self._remember(record)
             return  # most polls of a running batch change nothing: skip the write
         record.object = normalized
         ends = not was_terminal and record.status in TERMINAL_STATUSES
@@ -109,7 +163,9 @@ class BatchSync:
             stored = await self.store.get_batch(record.id)
             if stored is not None:
                 record.object = stored.object
+            self._remember(record)
             return
+        self._remember(record)
         if ends:
             self.events.terminal(record)
             self.batch_ended.set()
@@ -162,7 +218,7 @@ class BatchSync:
         existing = await self.store.find_file_by_upstream(record.provider, upstream_file)
         if existing is not None:
             return existing.id
-        info = await self._provider(record).get_file(upstream_file)
+        info = await self._provider(record.provider).get_file(upstream_file)
         now = int(time.time())
         ttl = record.output_ttl
         kind = "output" if key == "output_file_id" else "error"

@@ -20,7 +20,13 @@ from typing import Any
 import orjson
 
 from gateway import ids
-from gateway.batch_sync import CANCEL_PENDING, TERMINAL_CACHE_SIZE, BatchSync, BatchView
+from gateway.batch_sync import (
+    CANCEL_PENDING,
+    TERMINAL_CACHE_SIZE,
+    BatchSync,
+    BatchView,
+    Route,
+)
 from gateway.blobs import Blobs
 from gateway.config import Config, KeyConfig
 from gateway.errors import InvalidRequest, QuotaExceeded
@@ -68,6 +74,7 @@ class GatewayService(FileUseCases, BatchSync):
         self._terminal: OrderedDict[str, tuple[str, dict[str, Any], bytes]] = OrderedDict()
         # When each active batch was last refreshed (for `retrieve_cache_seconds`).
         self._refreshed_at: dict[str, float] = {}
+        self._routes: dict[str, Route] = {}
         # Serializes "count active batches, then insert" per tenant (one process).
         self._admission: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # Set when a batch ends here: wakes the keeper of output files.
@@ -213,6 +220,13 @@ class GatewayService(FileUseCases, BatchSync):
         if cached is not None and cached[0] == tenant:
             self._terminal.move_to_end(batch_id)
             return BatchView(cached[1], body=cached[2])
+        ttl = self.config.retrieve_cache_seconds
+        fresh = ttl and time.monotonic() - self._refreshed_at.get(batch_id, -ttl) < ttl
+        route = self._routes.get(batch_id)
+        if route is not None and route.tenant == tenant and not fresh:
+            return await self.refresh_routed(
+                batch_id, route, partial(self._batch, tenant, batch_id)
+            )
         record = await self._batch(tenant, batch_id)
         if record.status in TERMINAL_STATUSES:
             body = orjson.dumps(record.object)
@@ -220,10 +234,7 @@ class GatewayService(FileUseCases, BatchSync):
             if len(self._terminal) > TERMINAL_CACHE_SIZE:
                 self._terminal.popitem(last=False)
             return BatchView(record.object, body=body)
-        if record.pending:
-            return BatchView(record.object)
-        ttl = self.config.retrieve_cache_seconds
-        if ttl and time.monotonic() - self._refreshed_at.get(batch_id, -ttl) < ttl:
+        if record.pending or fresh:
             return BatchView(record.object)
         return await self.refresh(record)
 
@@ -248,7 +259,7 @@ class GatewayService(FileUseCases, BatchSync):
             raise InvalidRequest(
                 "The batch is still being created; retry shortly.", code="batch_pending"
             )
-        provider = self._provider(record)
+        provider = self._provider(record.provider)
         upstream = await provider.cancel_batch(record.upstream_id)
         # Some providers (anyapi.ai) answer cancel with a partial object: re-read the whole batch.
         try:

@@ -68,37 +68,60 @@ class BatchSync:
     _routes: dict[str, Route]
     batch_ended: asyncio.Event
 
+    # Both refreshes are written out rather than sharing a wrapper coroutine: one more
+    # frame on every retrieve measured ~5% of c=64 throughput and doubled its p99.
+
     async def refresh(self, record: BatchRecord) -> BatchView:
         """Ask the provider for the batch's state; one call in flight per batch."""
-        return await self._once(record.id, lambda: self._refresh(record))
+        running = self._refreshing.get(record.id)
+        if running is not None:
+            return await asyncio.shield(running)
+        future = self._take_off(record.id)
+        try:
+            view = await self._refresh(record)
+        except BaseException as exc:
+            self._crashed(record.id, future, exc)
+            raise
+        return self._landed(record.id, future, view)
 
     async def refresh_routed(
         self, batch_id: str, route: Route, load: Callable[[], Awaitable[BatchRecord]]
     ) -> BatchView:
         """refresh() of a batch whose route is known, with `load` reading its row
         during the provider call rather than before it."""
-        return await self._once(batch_id, lambda: self._refresh_routed(route, load))
-
-    async def _once(self, batch_id: str, run: Callable[[], Awaitable[BatchView]]) -> BatchView:
         running = self._refreshing.get(batch_id)
         if running is not None:
             return await asyncio.shield(running)
+        future = self._take_off(batch_id)
+        try:
+            view = await self._refresh_routed(route, load)
+        except BaseException as exc:
+            self._crashed(batch_id, future, exc)
+            raise
+        return self._landed(batch_id, future, view)
+
+    def _take_off(self, batch_id: str) -> asyncio.Future[BatchView]:
         future: asyncio.Future[BatchView] = asyncio.get_running_loop().create_future()
         self._refreshing[batch_id] = future
-        try:
-            view = await run()
-            future.set_result(view)
-            if self.config.retrieve_cache_seconds and not view.stale:
-                self._refreshed_at[batch_id] = time.monotonic()
-                if len(self._refreshed_at) > TERMINAL_CACHE_SIZE:
-                    self._refreshed_at.pop(next(iter(self._refreshed_at)))
-            return view
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters re-raise it, nobody else must
-            raise
-        finally:
-            del self._refreshing[batch_id]
+        return future
+
+    def _landed(
+        self, batch_id: str, future: asyncio.Future[BatchView], view: BatchView
+    ) -> BatchView:
+        del self._refreshing[batch_id]
+        future.set_result(view)
+        if self.config.retrieve_cache_seconds and not view.stale:
+            self._refreshed_at[batch_id] = time.monotonic()
+            if len(self._refreshed_at) > TERMINAL_CACHE_SIZE:
+                self._refreshed_at.pop(next(iter(self._refreshed_at)))
+        return view
+
+    def _crashed(
+        self, batch_id: str, future: asyncio.Future[BatchView], exc: BaseException
+    ) -> None:
+        del self._refreshing[batch_id]
+        future.set_exception(exc)
+        future.exception()  # mark retrieved: waiters re-raise it, nobody else must
 
     async def _refresh(self, record: BatchRecord) -> BatchView:
         assert record.upstream_id is not None

@@ -47,6 +47,9 @@ from providers.base import (
 
 log = logging.getLogger("gateway.service")
 
+# Refreshes in flight below which a retrieve overlaps its row read with the provider call.
+OVERLAP_BELOW = 4
+
 INTERRUPTED = {
     "code": "gateway_interrupted",
     "message": "The gateway stopped while creating this batch, and the provider has no "
@@ -222,7 +225,9 @@ class GatewayService(FileUseCases, BatchSync):
             return BatchView(cached[1], body=cached[2])
         ttl = self.config.retrieve_cache_seconds
         fresh = ttl and time.monotonic() - self._refreshed_at.get(batch_id, -ttl) < ttl
-        route = self._routes.get(batch_id)
+        # Reading the row during the provider call costs a task: it pays while the loop
+        # idles on providers, not in a busy process, which then reads the row first.
+        route = self._routes.get(batch_id) if len(self._refreshing) < OVERLAP_BELOW else None
         if route is not None and route.tenant == tenant and not fresh:
             return await self.refresh_routed(
                 batch_id, route, partial(self._batch, tenant, batch_id)

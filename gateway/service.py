@@ -309,7 +309,8 @@ class GatewayService(FileUseCases, BatchSync):
                 failed_at=int(time.time()),
                 errors={"object": "list", "data": [INTERRUPTED]},
             )
-            await self.store.update_batch(record, event=self._event(record))
+            if await self.store.update_batch(record, event=self._event(record)):
+                self.events.terminal(record)
             log.warning("batch %s: create was interrupted by a restart; marked failed", record.id)
         return settled
 

@@ -11,6 +11,7 @@ from typing import Any
 import openai
 import pytest
 from aiohttp.test_utils import TestServer
+from prometheus_client import REGISTRY
 
 from gateway.config import Config
 from providers.base import ProviderError
@@ -250,6 +251,8 @@ async def test_crash_between_upstream_create_and_store_update_is_reconciled(
             del a.batches[upstream["id"]]
     await gw.server.close()
 
+    counted = {"provider": record.provider, "status": "failed"}  # `lost` was rewound last
+    failed_before = REGISTRY.get_sample_value("gateway_batches_terminal_total", counted) or 0.0
     restarted = await start_gateway(config)
     attached = await restarted.client.batches.retrieve(made.id)
     assert attached.status == "in_progress"  # re-read from upstream, advancing as usual
@@ -258,5 +261,9 @@ async def test_crash_between_upstream_create_and_store_update_is_reconciled(
     failed = await restarted.client.batches.retrieve(lost.id)
     assert failed.status == "failed"
     assert failed.errors is not None and failed.errors.data[0].code == "gateway_interrupted"
+    # The end is counted like any other (once: the reconciler ran once, at startup).
+    assert REGISTRY.get_sample_value("gateway_batches_terminal_total", counted) == (
+        failed_before + 1
+    )
     done = await wait_terminal(restarted.client, made.id)
     assert done.status == "completed"

@@ -245,16 +245,6 @@ class Cases(Transfers):
     # --workers
 
     async def workers(self, file_id: str) -> None:
-        help_text = subprocess.run(
-            [python(), "-m", "gateway", "serve", "--help"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
-        if "--workers" not in help_text:
-            self.add(Row(ROWS[4], "not available (`serve --workers` is not in this build)"))
-            return
         if not wrk.available():
             self.add(Row(ROWS[4], "not measured: wrk is not installed (`apt-get install wrk`)"))
             return

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from contextlib import suppress
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import __version__, metrics, openapi
+from gateway import __version__, instance, metrics, openapi
 from gateway.api import SERVICE, json_response
 from gateway.api import batches as batches_api
 from gateway.api import files as files_api
@@ -132,6 +133,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     except BaseException:
         await store.close()
         raise
+    me = instance.start()
+    pc = config.poller
+    await store.register_instance(me)
+    # A predecessor that is provably gone (same host, pid gone) hands over at once.
+    crashed = await instance.reap(store, time.time(), pc.instance_timeout_seconds)
     providers = build_providers(config)
     service = GatewayService(
         store=store,
@@ -140,17 +146,27 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         router=Router(config, providers),
         config=config,
         events=metrics.BatchMetrics(),
+        instance_id=me.id,
     )
     webhooks = WebhookSender(store, config.webhooks)
-    poller = Poller(service, config.poller, webhooks)
+    poller = Poller(service, pc, webhooks, owner=me.id)
+    if crashed or await store.pending_batches():
+        poller.repair_soon()  # what a crash left behind is repaired at once
     app[SERVICE] = service
     app[POLLER] = poller
     app[_BACKGROUND] = background = set()
     retired: list[Provider] = []
     app[_RETIRED] = retired
     try:
-        if app[PRIMARY]:
-            await service.reconcile_pending(config.poller.pending_grace_seconds)
+        background.add(
+            asyncio.create_task(
+                instance.keep_alive(store, me, pc.heartbeat_seconds, pc.instance_timeout_seconds)
+            )
+        )
+        if app[PRIMARY] and not pc.enabled:
+            # Without a poller nothing else settles what a predecessor left; in the
+            # background, so that a busy provider account does not delay serving.
+            background.add(asyncio.create_task(_settle(service)))
         if config.poller.enabled and app[PRIMARY]:
             background.add(asyncio.create_task(poller.run()))
         if config.blobs.keep_provider_outputs and app[PRIMARY]:
@@ -174,7 +190,14 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         for provider in [*service.providers.values(), *retired]:
             await provider.close()
         await blobs.close()
+        instance.stop(me.id)
+        with suppress(Exception):  # the store may be failing; then the heartbeat runs out
+            await store.forget_instance(me.id)
         await store.close()
+
+
+async def _settle(service: GatewayService) -> None:
+    await service.settle_pending()
 
 
 async def live(request: web.Request) -> web.Response:

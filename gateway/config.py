@@ -182,8 +182,15 @@ class PollerConfig(_Model):
     # How long a replica holds a batch it polls (and the housekeeping role); a replica
     # that dies hands them over when this runs out. Keep it above the slowest refresh.
     lease_seconds: float = Field(120.0, gt=0)
-    # A create still pending after this long belongs to a process that died.
-    pending_grace_seconds: float = Field(120.0, ge=0)
+    # Every process renews its heartbeat this often; one silent for
+    # `instance_timeout_seconds` on another host is taken for dead (on the same host a
+    # gone pid or a reboot tells at once), and its pending creates and leases are taken over.
+    heartbeat_seconds: float = Field(2.0, gt=0)
+    instance_timeout_seconds: float = Field(60.0, gt=0)
+    # The orphan sweep: how often, and how far back it lists each provider's batches
+    # and uploads (further back while an older create is still unsettled).
+    repair_interval_seconds: float = Field(300.0, gt=0)
+    repair_window_seconds: float = Field(3600.0, gt=0)
     webhook_interval_seconds: float = Field(1.0, gt=0)
     # How often expired files (rows and blobs) are removed.
     sweep_interval_seconds: float = Field(60.0, gt=0)

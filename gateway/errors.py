@@ -197,7 +197,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         error = InternalError("The gateway had an internal error; it has been logged.")
     headers = dict(error.headers)
     if error.status == 409 or isinstance(error, QuotaExceeded):
-        headers["x-should-retry"] = "false"
+        headers.setdefault("x-should-retry", "false")  # unless the error says it ends by itself
     response = web.json_response(error.body(), status=error.status, headers=headers)
     if isinstance(error, RequestTimeout):
         await _answer_and_close(request, response)

@@ -22,3 +22,6 @@ class ServiceEvents:
 
     def file_bytes(self, direction: str, size: int) -> None:
         return None
+
+    def repaired(self, provider: str, kind: str, action: str) -> None:
+        return None

@@ -35,7 +35,17 @@ from providers.base import ALL_ENDPOINTS, BATCH_STATUSES, TERMINAL_STATUSES
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 COMPLETION_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 43200, 86400)
-OPERATIONS = ("upload", "create", "get", "cancel", "get_file", "find", "content")
+OPERATIONS = (
+    *("upload", "create", "get", "cancel", "get_file", "find", "content"),
+    *("list", "list_files", "delete_file"),
+)
+# What the orphan sweep repairs (gateway/repair.py), and how.
+REPAIRS_DONE = (
+    ("orphan_batch", "attached"),
+    ("orphan_batch", "cancelled"),
+    ("duplicate_batch", "cancelled"),
+    ("duplicate_upload", "deleted"),
+)
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 ACTIVE_STATUSES = tuple(s for s in BATCH_STATUSES if s not in TERMINAL_STATUSES)
 
@@ -116,6 +126,11 @@ ROUTING = Counter(
     "Routing decisions by rule and provider",
     ["rule", "provider"],
 )
+UPSTREAM_REPAIRS = Counter(
+    "gateway_upstream_repairs_total",
+    "Upstream batches and uploads the orphan sweep attached, cancelled or deleted",
+    ["provider", "kind", "action"],
+)
 BUILD_INFO = Gauge(
     "gateway_build_info", "Version of the running gateway", ["version"], multiprocess_mode="max"
 )
@@ -135,6 +150,8 @@ def initialize(providers: Iterable[str]) -> None:
             BATCHES_TERMINAL.labels(provider, status)
         for result in ("completed", "failed"):
             BATCH_REQUESTS.labels(provider, result)
+        for kind, action in REPAIRS_DONE:
+            UPSTREAM_REPAIRS.labels(provider, kind, action)
         for operation in OPERATIONS:
             UPSTREAM_REQUESTS.labels(provider, operation, "ok")
             UPSTREAM_RETRIES.labels(provider, operation)
@@ -189,6 +206,9 @@ class BatchMetrics(ServiceEvents):
         if status == "completed":
             ended = record.object.get("completed_at") or int(time.time())
             BATCH_COMPLETION.labels(record.provider).observe(max(0, ended - record.created_at))
+
+    def repaired(self, provider: str, kind: str, action: str) -> None:
+        UPSTREAM_REPAIRS.labels(provider, kind, action).inc()
 
     def file_bytes(self, direction: str, size: int) -> None:
         FILE_BYTES.labels(direction).inc(size)

@@ -252,6 +252,18 @@ _BATCH_LINKS = {
 }
 
 
+# Stripe's semantics: the same key and request answer the first answer again.
+_IDEMPOTENCY_KEY: Schema = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Retry safely: the same key and request (per key of yours, kept 24 h) get "
+    "the first answer again; another request under the key is refused (400), and one "
+    "arriving while the first runs gets 409.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+
+
 def _operation(op_id: str, summary: str, responses: Schema, **extra: Any) -> Schema:
     return {"operationId": op_id, "summary": summary, "responses": responses, **extra}
 
@@ -264,11 +276,12 @@ def _paths() -> dict[str, Schema]:
             "post": _operation(
                 "createFile",
                 "Upload a batch input file (validated while it streams)",
-                _responses(_json(_ref("OpenAIFile")), 400, 408, 413, 415, links=_FILE_LINKS),
+                _responses(_json(_ref("OpenAIFile")), 400, 408, 409, 413, 415, links=_FILE_LINKS),
                 requestBody={
                     "required": True,
                     "content": {"multipart/form-data": {"schema": _ref("CreateFileRequest")}},
                 },
+                parameters=[_IDEMPOTENCY_KEY],
             ),
             "get": _operation(
                 "listFiles",
@@ -319,12 +332,15 @@ def _paths() -> dict[str, Schema]:
                 "createBatch",
                 "Create a batch from an uploaded input file",
                 _responses(
-                    _json(_ref("Batch")), 400, 404, 408, 413, 415, 502, 503, links=_BATCH_LINKS
+                    _json(_ref("Batch")),
+                    *(400, 404, 408, 409, 413, 415, 502, 503),
+                    links=_BATCH_LINKS,
                 ),
                 requestBody={
                     "required": True,
                     "content": {"application/json": {"schema": _ref("CreateBatchRequest")}},
                 },
+                parameters=[_IDEMPOTENCY_KEY],
             ),
             "get": _operation(
                 "listBatches",

@@ -6,8 +6,8 @@ several replicas share the work and never poll one batch at once; each batch is
 handed back due again one interval (with jitter) later. A replica that dies
 leaves leases that expire, and another replica takes the batches over.
 
-Housekeeping (interrupted creates, webhooks, expired files) runs on the one
-replica holding the store's "housekeeping" lease, so each job runs once.
+Housekeeping (settling creates, the orphan sweep, webhooks, expired files) runs on
+the one replica holding the store's "housekeeping" lease, so each job runs once.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from contextlib import suppress
 
 from gateway import metrics
 from gateway.config import PollerConfig
+from gateway.repair import Repairer
 from gateway.service import GatewayService
 from gateway.store.base import BatchRecord
 from gateway.webhooks import WebhookSender
@@ -54,6 +55,8 @@ class Poller:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._next_sweep = 0.0
+        self._next_repair = time.monotonic() + config.repair_interval_seconds
+        self.repairer = Repairer(service, config.repair_window_seconds)
 
     @property
     def _claim_size(self) -> int:
@@ -136,13 +139,22 @@ class Poller:
                 log.error("poller: housekeeping failed: %s", type(exc).__name__)
             await asyncio.sleep(self.config.webhook_interval_seconds)
 
+    def repair_soon(self) -> None:
+        """Sweep in the next housekeeping round (after a crash, say)."""
+        self._next_repair = 0.0
+
     async def housekeeping(self) -> None:
-        await self.service.reconcile_pending(self.config.pending_grace_seconds)
+        await self.service.settle_pending()
+        if time.monotonic() >= self._next_repair:
+            self._next_repair = time.monotonic() + self.config.repair_interval_seconds
+            self.repairer.window_seconds = self.config.repair_window_seconds
+            await self.repairer.sweep()
         await self.webhooks.deliver_due()
         if time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + self.config.sweep_interval_seconds
             await self.service.sweep_expired()
             await self.service.store.prune_rate_windows(int(time.time()) - 3600)
+            await self.service.store.prune_idempotency_keys(time.time() - 86_400)
 
     async def stop(self) -> None:
         for task in self._loops.values():

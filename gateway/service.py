@@ -13,7 +13,6 @@ import logging
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Mapping
-from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -29,20 +28,19 @@ from gateway.batch_sync import (
 )
 from gateway.blobs import Blobs
 from gateway.config import Config, KeyConfig
+from gateway.creates import CreateUseCases, KeyedLocks, Unsettled
 from gateway.errors import InvalidRequest, QuotaExceeded
 from gateway.events import ServiceEvents
 from gateway.file_service import FileUseCases, no_such
 from gateway.routing import Router, RouteRequest
-from gateway.store import BatchRecord, FileRecord, Page, Store
+from gateway.store import BatchRecord, Page, Store
 from gateway.store.base import UnknownCursor
 from gateway.wire import CreateBatchBody, new_batch_object
 from providers.base import (
     TERMINAL_STATUSES,
     BatchRequest,
-    InputFile,
     Provider,
     ProviderError,
-    UpstreamBatch,
 )
 
 log = logging.getLogger("gateway.service")
@@ -50,16 +48,8 @@ log = logging.getLogger("gateway.service")
 # Refreshes in flight below which a retrieve overlaps its row read with the provider call.
 OVERLAP_BELOW = 4
 
-INTERRUPTED = {
-    "code": "gateway_interrupted",
-    "message": "The gateway stopped while creating this batch, and the provider has no "
-    "record of it; create it again.",
-    "param": None,
-    "line": None,
-}
 
-
-class GatewayService(FileUseCases, BatchSync):
+class GatewayService(CreateUseCases, FileUseCases, BatchSync):
     def __init__(
         self,
         store: Store,
@@ -68,7 +58,14 @@ class GatewayService(FileUseCases, BatchSync):
         router: Router,
         config: Config,
         events: ServiceEvents | None = None,
+        *,
+        instance_id: str,
     ) -> None:
+        # The process instance (`gateway.instance`) that owns this service's pending creates.
+        self.instance_id = instance_id
+        self._settle_after: dict[str, float] = {}
+        self._uploading = KeyedLocks()
+        self._settling = asyncio.Lock()
         self.store = store
         self.blobs = blobs
         self.events = events or ServiceEvents()
@@ -134,6 +131,7 @@ class GatewayService(FileUseCases, BatchSync):
             object=new_batch_object(batch_id, body, now, model, file.line_count or 0),
             output_ttl=expiry.seconds if expiry else None,
             webhook=decision.webhook or (key.webhook if key else None),
+            owner=self.instance_id,
         )
         request = BatchRequest(
             input_file_id="",
@@ -149,8 +147,15 @@ class GatewayService(FileUseCases, BatchSync):
             await self.store.insert_batch(record)
         try:
             upstream = await self._create_upstream(record, file, request, decision.providers)
-        except BaseException:
-            await self.store.delete_batch(record.id)
+        except Unsettled:
+            # The provider may have it: the client gets the batch, the gateway settles it.
+            await self.hand_over(record)
+            self.events.routed(decision.rule, record.provider)
+            return record.object
+        except ProviderError:
+            raise  # definitely not made: the row is already gone (or failed)
+        except Exception:
+            await self.orphan(record)
             raise
         record.upstream_id = upstream.id
         record.pending = False
@@ -164,59 +169,6 @@ class GatewayService(FileUseCases, BatchSync):
         self.events.created(record.provider, body.endpoint)
         log.info("batch %s created on provider %s (%s)", record.id, record.provider, decision.rule)
         return record.object
-
-    async def _create_upstream(
-        self,
-        record: BatchRecord,
-        file: FileRecord,
-        request: BatchRequest,
-        candidates: tuple[str, ...],
-    ) -> UpstreamBatch:
-        """Try each candidate in order; one upstream batch at most, never two."""
-        last: ProviderError | None = None
-        for i, name in enumerate(candidates):
-            provider = self.providers[name]
-            record.provider = name
-            try:
-                return await self._create_at(provider, file, request)
-            except ProviderError as exc:
-                if exc.kind == "bad_request":
-                    raise  # about the input itself: another provider would say the same
-                if exc.ambiguous and (found := await self._find(provider, record.id)):
-                    return found
-                last = exc
-                if i + 1 < len(candidates):
-                    self.events.fallback(name, candidates[i + 1], exc.kind)
-                    log.warning(
-                        "batch %s: create on %s failed (%s); trying %s",
-                        record.id,
-                        name,
-                        exc.kind,
-                        candidates[i + 1],
-                    )
-        assert last is not None
-        raise last
-
-    async def _create_at(
-        self, provider: Provider, file: FileRecord, request: BatchRequest
-    ) -> UpstreamBatch:
-        upstream_file = await self._upstream_file(provider, file)
-        try:
-            return await provider.create_batch(replace(request, input_file_id=upstream_file))
-        except ProviderError as exc:
-            if exc.kind != "not_found":
-                raise
-        # The provider no longer has our cached upload (expired or deleted): upload again.
-        await self.store.delete_upstream_file(file.id, provider.name)
-        upstream_file = await self._upstream_file(provider, file)
-        return await provider.create_batch(replace(request, input_file_id=upstream_file))
-
-    async def _find(self, provider: Provider, batch_id: str) -> UpstreamBatch | None:
-        try:
-            return await provider.find_batch(batch_id)
-        except ProviderError as exc:
-            log.warning("batch %s: lookup on %s failed (%s)", batch_id, provider.name, exc.kind)
-            return None
 
     async def retrieve_batch(self, tenant: str, batch_id: str) -> BatchView:
         cached = self._terminal.get(batch_id)
@@ -276,44 +228,6 @@ class GatewayService(FileUseCases, BatchSync):
         await self._apply(record, upstream)
         return record.object
 
-    async def reconcile_pending(self, grace_seconds: float) -> int:
-        """Pending rows older than the grace period are creates a dead process never finished.
-
-        Each is attached to the upstream batch tagged with its id, or marked failed;
-        none is left as a silent orphan. Returns how many rows were settled.
-        """
-        settled = 0
-        cutoff = time.time() - grace_seconds
-        for record in await self.store.pending_batches():
-            if record.created_at > cutoff:
-                continue
-            provider = self.providers.get(record.provider)
-            if provider is None:
-                continue
-            try:
-                found = await provider.find_batch(record.id)
-            except ProviderError as exc:
-                log.warning("batch %s: reconciliation postponed (%s)", record.id, exc.kind)
-                continue
-            record.pending = False
-            settled += 1
-            if found is not None:
-                record.upstream_id = found.id
-                await self._apply(record, found)
-                log.warning(
-                    "batch %s: interrupted create attached to its upstream batch", record.id
-                )
-                continue
-            record.object.update(
-                status="failed",
-                failed_at=int(time.time()),
-                errors={"object": "list", "data": [INTERRUPTED]},
-            )
-            if await self.store.update_batch(record, event=self._event(record)):
-                self.events.terminal(record)
-            log.warning("batch %s: create was interrupted by a restart; marked failed", record.id)
-        return settled
-
     # internals
 
     async def _check_active_quota(self, key: KeyConfig | None) -> None:
@@ -331,23 +245,3 @@ class GatewayService(FileUseCases, BatchSync):
         if record is None:
             raise no_such("Batch", batch_id, "batch_id")
         return record
-
-    async def _upstream_file(self, provider: Provider, file: FileRecord) -> str:
-        """Upload the input file to a provider once; later batches reuse it."""
-        cached = await self.store.get_upstream_file(file.id, provider.name)
-        if cached is not None:
-            return cached
-        assert file.blob is not None and file.endpoint is not None
-        upstream_id = await provider.upload_file(
-            InputFile(
-                path=self.blobs.local_path(file.blob),
-                opener=partial(self.blobs.open, file.blob),
-                filename=file.filename,
-                bytes=file.bytes,
-                line_count=file.line_count or 0,
-                endpoint=file.endpoint,
-                models=file.models,
-            )
-        )
-        await self.store.put_upstream_file(file.id, provider.name, upstream_id)
-        return upstream_id

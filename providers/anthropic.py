@@ -36,7 +36,9 @@ from providers.anthropic_results import (
     result_to_line,
 )
 from providers.base import (
+    CLOCK_SKEW_SECONDS,
     BatchRequest,
+    Lookup,
     ProviderError,
     RequestCounts,
     UpstreamBatch,
@@ -92,6 +94,9 @@ def _original_id(custom_id: Any, originals: list[str] | None) -> Any:
 
 class AnthropicProvider(LocalFileMethods, HTTPProvider):
     error_code_key = "type"  # `{"type": "error", "error": {"type", "message"}}`
+    # Message Batches carry no metadata: a create of unknown outcome is recognised by the
+    # batches made since it began with its request count (`candidates`).
+    lookup: Lookup = "count"
 
     def __init__(
         self,
@@ -155,6 +160,52 @@ class AnthropicProvider(LocalFileMethods, HTTPProvider):
         state = {"id": batch.id, "input_file_id": request.input_file_id, **facts, "result": None}
         write_json(self._state_path(batch.id), state)
         return self._running(state, batch)
+
+    async def candidates(self, request: BatchRequest, since: int) -> list[UpstreamBatch]:
+        await self.files.info(request.input_file_id)
+        source = self.files.path(request.input_file_id)
+        lines = await asyncio.to_thread(lambda: sum(1 for _ in input_lines(source)))
+        oldest = since - CLOCK_SKEW_SECONDS
+        found: list[UpstreamBatch] = []
+        after: str | None = None
+        while True:
+            query = {"limit": "100", **({"after_id": after} if after else {})}
+            page = await self.request_json("GET", _BATCHES, params=query)
+            data = page.get("data")
+            if not isinstance(data, list):
+                raise ProviderError("retryable", "the provider sent an unreadable list")
+            for item in data:
+                try:
+                    batch = parse_message_batch(item)
+                except ValueError:
+                    continue
+                if batch.created_at is not None and batch.created_at < oldest:
+                    return found
+                if sum(batch.counts.values()) == lines:
+                    found.append(UpstreamBatch(id=batch.id, status=batch.status()))
+            after = page.get("last_id") if isinstance(page.get("last_id"), str) else None
+            if not page.get("has_more") or not data:
+                return found
+            if after is None:
+                raise ProviderError("retryable", "the provider sent a list without a cursor")
+
+    async def adopt(self, upstream_id: str, request: BatchRequest) -> UpstreamBatch:
+        """Record what `create_batch` would have, for a batch its lost answer made."""
+        path = self._state_path(upstream_id)
+        if not path.exists():
+            facts = await asyncio.to_thread(self._facts, request.input_file_id)
+            state = {"id": upstream_id, "input_file_id": request.input_file_id, **facts}
+            write_json(path, state | {"result": None})
+        return await self.get_batch(upstream_id)
+
+    def _facts(self, input_file_id: str) -> dict[str, Any]:
+        spool = self.directory / f"adopt-{secrets.token_hex(8)}.json.part"
+        try:
+            return write_request_body(
+                self.files.path(input_file_id), spool, self.default_max_tokens
+            )
+        finally:
+            spool.unlink(missing_ok=True)
 
     async def get_batch(self, upstream_id: str) -> UpstreamBatch:
         state = self.files.read_state(self._state_path(upstream_id), "batch")

@@ -14,6 +14,7 @@ and to raise `ProviderError` with a `kind` the gateway can act on.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 ErrorKind = Literal["retryable", "auth", "not_found", "bad_request"]
+Lookup = Literal["tag", "count", "none"]
 
 BATCH_STATUSES = (
     "validating",
@@ -35,6 +37,11 @@ BATCH_STATUSES = (
 )
 # The metadata key under which the gateway tags upstream batches with its own id.
 GATEWAY_TAG = "gateway_batch_id"
+# Uploads are named after the gateway file id, so a duplicate upload is findable.
+GATEWAY_FILE_NAME = re.compile(r"(file-[A-Za-z0-9]{24})\.jsonl")
+# How far before a create's start a lookup reads the provider's list: the provider's
+# clock may run behind ours.
+CLOCK_SKEW_SECONDS = 300
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 
@@ -141,11 +148,18 @@ class BatchRequest:
     gateway_batch_id: str | None = None
 
     def tagged_metadata(self, max_pairs: int = 16) -> dict[str, str] | None:
-        """The caller's metadata plus the gateway tag, when the provider's limit leaves room."""
-        metadata = dict(self.metadata or {})
-        if self.gateway_batch_id and len(metadata) < max_pairs:
-            metadata[GATEWAY_TAG] = self.gateway_batch_id
-        return metadata or None
+        """The caller's metadata with the gateway tag, which always gets in.
+
+        The tag is how a create of unknown outcome is found again, so only the gateway
+        writes it: a caller's own value under its key is dropped, and so are the caller's
+        last keys when the provider's limit leaves no room (the gateway keeps the
+        caller's metadata whole and returns it; the provider need not hold all of it).
+        """
+        metadata = {k: v for k, v in (self.metadata or {}).items() if k != GATEWAY_TAG}
+        if not self.gateway_batch_id:
+            return metadata or None
+        keep = list(metadata.items())[: max_pairs - 1]
+        return {**dict(keep), GATEWAY_TAG: self.gateway_batch_id}
 
 
 ByteStream = AbstractAsyncContextManager[AsyncIterator[bytes]]
@@ -200,6 +214,11 @@ class Provider(Protocol):
     # Its output files live at a remote service; the gateway keeps a copy of each
     # once the batch has ended (`blobs.keep_provider_outputs`).
     remote_files: bool
+    # How a create of unknown outcome is recognised at the provider: "tag", its batches
+    # carry the gateway's id (`find_batch`); "count", they carry nothing, so `candidates`
+    # lists the batches made since with the same request count and the gateway decides;
+    # "none", it can't be, and such a create is taken as not made (see the README).
+    lookup: Lookup
 
     def supports(self, endpoint: str) -> bool: ...
 
@@ -215,12 +234,34 @@ class Provider(Protocol):
 
     async def get_file(self, upstream_file_id: str) -> UpstreamFile: ...
 
-    async def find_batch(self, gateway_batch_id: str) -> UpstreamBatch | None:
-        """The upstream batch tagged with this gateway id, if the provider keeps metadata.
+    async def find_batch(self, gateway_batch_id: str, since: int) -> UpstreamBatch | None:
+        """The upstream batch tagged with this gateway id, created at `since` or later.
 
-        Used when a create's outcome is unknown (timeout, crash) so it is attached,
-        not duplicated.
+        Used when a create's outcome is unknown (5xx, timeout, crash) so it is attached,
+        not duplicated. None only after a complete search of every batch the provider
+        made since `since - CLOCK_SKEW_SECONDS`; a search that cannot be completed
+        raises, so no caller ever creates again on a guess.
         """
+        ...
+
+    async def tagged_batches(self, since: int) -> list[tuple[str, UpstreamBatch]]:
+        """(gateway batch id, batch) for every tagged upstream batch made since `since`."""
+        ...
+
+    async def tagged_files(self, since: int) -> list[tuple[str, str]]:
+        """(gateway file id, upstream file id) for every upload made since `since`."""
+        ...
+
+    async def delete_file(self, upstream_file_id: str) -> None: ...
+
+    async def candidates(self, request: BatchRequest, since: int) -> list[UpstreamBatch]:
+        """For `lookup == "count"`: every batch made since `since` (less the clock skew)
+        with as many requests as `request`'s input file. Raises unless complete."""
+        ...
+
+    async def adopt(self, upstream_id: str, request: BatchRequest) -> UpstreamBatch:
+        """Take a found batch as the one `request` made (an adapter may record what its
+        create would have), and return it."""
         ...
 
     def open_file_content(self, upstream_file_id: str) -> ByteStream:
@@ -240,6 +281,7 @@ class BaseProvider:
     name: str
     endpoints: frozenset[str]
     remote_files = True
+    lookup: Lookup = "none"
 
     def __init__(self, name: str, endpoints: frozenset[str]) -> None:
         self.name = name
@@ -248,8 +290,29 @@ class BaseProvider:
     def supports(self, endpoint: str) -> bool:
         return endpoint in self.endpoints
 
-    async def find_batch(self, gateway_batch_id: str) -> UpstreamBatch | None:
+    async def find_batch(self, gateway_batch_id: str, since: int) -> UpstreamBatch | None:
+        for tag, batch in await self.tagged_batches(since):
+            if tag == gateway_batch_id:
+                return batch
         return None
+
+    async def tagged_batches(self, since: int) -> list[tuple[str, UpstreamBatch]]:
+        return []
+
+    async def tagged_files(self, since: int) -> list[tuple[str, str]]:
+        return []
+
+    async def delete_file(self, upstream_file_id: str) -> None:
+        return None
+
+    async def candidates(self, request: BatchRequest, since: int) -> list[UpstreamBatch]:
+        return []
+
+    async def adopt(self, upstream_id: str, request: BatchRequest) -> UpstreamBatch:
+        return await self.get_batch(upstream_id)
+
+    async def get_batch(self, upstream_id: str) -> UpstreamBatch:
+        raise NotImplementedError
 
     async def close(self) -> None:
         return None

@@ -30,6 +30,12 @@ CHUNK = 256 * 1024
 STREAM_BUFFER = 1024 * 1024
 
 
+# The answers that prove a request was not carried out: the provider rejected it before
+# doing anything. Any other status (5xx, 408, a gateway's 502 in front of the provider)
+# may come after the work was done.
+DEFINITE_STATUSES = frozenset({400, 401, 403, 404, 409, 413, 415, 422, 429})
+
+
 def kind_for_status(status: int) -> ErrorKind:
     if status in (401, 403):
         return "auth"
@@ -198,6 +204,7 @@ class HTTPProvider(BaseProvider):
             status=status,
             code=code,
             retry_after=retry_after_seconds(headers),
+            ambiguous=status not in DEFINITE_STATUSES,
         )
 
     def error_detail(self, body: bytes) -> tuple[str | None, str | None]:

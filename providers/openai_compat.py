@@ -16,20 +16,20 @@ import aiohttp
 
 from providers.base import (
     BATCH_STATUSES,
+    CLOCK_SKEW_SECONDS,
+    GATEWAY_FILE_NAME,
     GATEWAY_TAG,
     TIMESTAMP_FIELDS,
     BatchRequest,
     ByteStream,
     InputFile,
+    Lookup,
     ProviderError,
     RequestCounts,
     UpstreamBatch,
     UpstreamFile,
 )
 from providers.http import HTTPProvider, path_id
-
-# How many pages of 100 `find_batch` reads before concluding the batch was never made.
-FIND_PAGES = 5
 
 # Unix seconds before 2001-09-09 are placeholders, not times (anyapi.ai's docs send 123).
 _MIN_TIMESTAMP = 1_000_000_000
@@ -65,6 +65,16 @@ def _str_id(value: Any) -> str | None:
 
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _tag(item: Mapping[str, Any]) -> str | None:
+    metadata = item.get("metadata")
+    tag = metadata.get(GATEWAY_TAG) if isinstance(metadata, Mapping) else None
+    return tag if isinstance(tag, str) else None
+
+
+def _after(cursor: str | None) -> dict[str, str]:
+    return {"after": cursor} if cursor else {}
 
 
 def parse_request_counts(value: Any) -> RequestCounts | None:
@@ -156,6 +166,8 @@ def parse_file(data: Mapping[str, Any]) -> UpstreamFile:
 
 
 class OpenAICompatProvider(HTTPProvider):
+    lookup: Lookup = "tag"
+
     def __init__(
         self,
         name: str,
@@ -209,25 +221,59 @@ class OpenAICompatProvider(HTTPProvider):
         data = await self.request_json("POST", f"/batches/{path_id(upstream_id)}/cancel")
         return parse_batch({"id": upstream_id, **data})
 
-    async def find_batch(self, gateway_batch_id: str) -> UpstreamBatch | None:
-        """Look through the newest batches for our tag; a lost create is always recent."""
+    async def find_batch(self, gateway_batch_id: str, since: int) -> UpstreamBatch | None:
+        async for item in self._listed("/batches", since, {"limit": "100"}):
+            if _tag(item) == gateway_batch_id:
+                return parse_batch(item)
+        return None
+
+    async def tagged_batches(self, since: int) -> list[tuple[str, UpstreamBatch]]:
+        found = []
+        async for item in self._listed("/batches", since, {"limit": "100"}):
+            if (tag := _tag(item)) is not None:
+                found.append((tag, parse_batch(item)))
+        return found
+
+    async def tagged_files(self, since: int) -> list[tuple[str, str]]:
+        query = {"purpose": "batch", "limit": "1000", "order": "desc"}
+        found = []
+        async for item in self._listed("/files", since, query):
+            name, file_id = item.get("filename"), _str_id(item.get("id"))
+            if isinstance(name, str) and file_id and (match := GATEWAY_FILE_NAME.fullmatch(name)):
+                found.append((match.group(1), file_id))
+        return found
+
+    async def delete_file(self, upstream_file_id: str) -> None:
+        await self.request_json("DELETE", f"/files/{path_id(upstream_file_id)}")
+
+    async def _listed(
+        self, path: str, since: int, query: dict[str, str]
+    ) -> AsyncIterator[Mapping[str, Any]]:
+        """Every object of a newest-first list made since `since` (less the clock skew).
+
+        Reads as many pages as that takes, however busy the account: stopping early
+        would let a lookup conclude "never made" about a batch that exists. A page
+        that cannot be read or continued raises.
+        """
+        oldest = since - CLOCK_SKEW_SECONDS
         after: str | None = None
-        for _ in range(FIND_PAGES):
-            query = {"limit": "100", **({"after": after} if after else {})}
-            page = await self.request_json("GET", "/batches", params=query)
+        while True:
+            page = await self.request_json("GET", path, params={**query, **_after(after)})
             data = page.get("data")
-            if not isinstance(data, list) or not data:
-                return None
+            if not isinstance(data, list):
+                raise ProviderError("retryable", "the provider sent an unreadable list")
             for item in data:
-                metadata = item.get("metadata") if isinstance(item, Mapping) else None
-                if isinstance(metadata, Mapping) and metadata.get(GATEWAY_TAG) == gateway_batch_id:
-                    return parse_batch(item)
-            if not page.get("has_more"):
-                return None
+                if not isinstance(item, Mapping):
+                    continue
+                created = _timestamp(item.get("created_at"))
+                if created is not None and created < oldest:
+                    return
+                yield item
+            if not page.get("has_more") or not data:
+                return
             after = _str_id(data[-1].get("id")) if isinstance(data[-1], Mapping) else None
             if after is None:
-                return None
-        return None
+                raise ProviderError("retryable", "the provider sent a list without a cursor")
 
     async def get_file(self, upstream_file_id: str) -> UpstreamFile:
         return parse_file(await self.request_json("GET", f"/files/{path_id(upstream_file_id)}"))

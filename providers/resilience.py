@@ -28,6 +28,9 @@ from providers.ratelimit import backoff_seconds
 T = TypeVar("T")
 BreakerState = Literal["closed", "open", "half_open"]
 
+# Reads of the provider's lists, which exactly-once creates depend on: the breaker
+# neither pauses them nor counts them (a list that works says nothing of creates).
+LOOKUPS = frozenset({"find", "list", "list_files"})
 # A Retry-After longer than this is not waited out inside one client request.
 MAX_RETRY_AFTER = 30.0
 
@@ -123,6 +126,25 @@ class CircuitBreaker:
             self._set("open")
 
 
+class _Uncounted:
+    """A breaker that lets every call through and counts none."""
+
+    def allow(self) -> bool:
+        return True
+
+    def success(self) -> None:
+        return None
+
+    def failure(self) -> None:
+        return None
+
+    def release(self) -> None:
+        return None
+
+
+_UNCOUNTED = _Uncounted()
+
+
 class ResilientProvider:
     """A `Provider` that retries, limits concurrency and trips a breaker."""
 
@@ -139,6 +161,7 @@ class ResilientProvider:
         self.name = inner.name
         self.endpoints = inner.endpoints
         self.remote_files = inner.remote_files
+        self.lookup = inner.lookup
         self.policy = policy
         self._observer = observer or NullObserver()
         self._sleep = sleep
@@ -165,7 +188,8 @@ class ResilientProvider:
         self, operation: str, fn: Callable[[], Awaitable[T]], *, idempotent: bool = True
     ) -> T:
         """One logical call: the breaker counts it once, however many attempts it took."""
-        if not self.breaker.allow():
+        breaker = self.breaker if operation not in LOOKUPS else _UNCOUNTED
+        if not breaker.allow():
             raise ProviderError(
                 "retryable", "the provider is failing; calls are paused", code="circuit_open"
             )
@@ -178,21 +202,21 @@ class ResilientProvider:
                 elapsed = time.perf_counter() - started
                 self._observer.attempt(self.name, operation, exc.kind, elapsed)
                 if not exc.retryable:
-                    self.breaker.success()  # it answered: the provider itself is healthy
+                    breaker.success()  # it answered: the provider itself is healthy
                     raise
                 last = attempt == self.policy.max_retries
                 too_long = (exc.retry_after or 0) > MAX_RETRY_AFTER
                 if last or too_long or (exc.ambiguous and not idempotent):
-                    self.breaker.failure()
+                    breaker.failure()
                     raise
                 self._observer.retry(self.name, operation)
                 await self._sleep(self.backoff(attempt, exc.retry_after))
             except BaseException:
-                self.breaker.release()  # cancelled mid-call: neither success nor failure
+                breaker.release()  # cancelled mid-call: neither success nor failure
                 raise
             else:
                 self._observer.attempt(self.name, operation, "ok", time.perf_counter() - started)
-                self.breaker.success()
+                breaker.success()
                 return result
         raise AssertionError("unreachable")
 
@@ -211,8 +235,23 @@ class ResilientProvider:
     async def get_file(self, upstream_file_id: str) -> UpstreamFile:
         return await self.call("get_file", lambda: self.inner.get_file(upstream_file_id))
 
-    async def find_batch(self, gateway_batch_id: str) -> UpstreamBatch | None:
-        return await self.call("find", lambda: self.inner.find_batch(gateway_batch_id))
+    async def find_batch(self, gateway_batch_id: str, since: int) -> UpstreamBatch | None:
+        return await self.call("find", lambda: self.inner.find_batch(gateway_batch_id, since))
+
+    async def tagged_batches(self, since: int) -> list[tuple[str, UpstreamBatch]]:
+        return await self.call("list", lambda: self.inner.tagged_batches(since))
+
+    async def tagged_files(self, since: int) -> list[tuple[str, str]]:
+        return await self.call("list_files", lambda: self.inner.tagged_files(since))
+
+    async def delete_file(self, upstream_file_id: str) -> None:
+        await self.call("delete_file", lambda: self.inner.delete_file(upstream_file_id))
+
+    async def candidates(self, request: BatchRequest, since: int) -> list[UpstreamBatch]:
+        return await self.call("list", lambda: self.inner.candidates(request, since))
+
+    async def adopt(self, upstream_id: str, request: BatchRequest) -> UpstreamBatch:
+        return await self.call("get", lambda: self.inner.adopt(upstream_id, request))
 
     def open_file_content(self, upstream_file_id: str) -> ByteStream:
         return self._content(upstream_file_id)

@@ -26,6 +26,7 @@ from providers.base import (
     TERMINAL_STATUSES,
     BaseProvider,
     BatchRequest,
+    Lookup,
     ProviderError,
     RequestCounts,
     UpstreamBatch,
@@ -246,6 +247,8 @@ class SandboxProvider(LocalFileMethods, BaseProvider):
     """Simulated OpenAI batches. Timing settings are copied into each batch at creation,
     so restarting with other settings does not rewrite a running batch's history."""
 
+    lookup: Lookup = "tag"
+
     def __init__(
         self,
         name: str,
@@ -343,8 +346,10 @@ class SandboxProvider(LocalFileMethods, BaseProvider):
             ts.pop("cancelled_at", None)  # even with cancel_seconds=0 the call answers "cancelling"
             return self._view(state, "cancelling", ts, done)
 
-    async def find_batch(self, gateway_batch_id: str) -> UpstreamBatch | None:
+    async def tagged_batches(self, since: int) -> list[tuple[str, UpstreamBatch]]:
+        found = []
         for path in sorted(self.directory.glob("batch_sbx*.json")):
-            if self.files.read_state(path, "batch").get("gateway_batch_id") == gateway_batch_id:
-                return await self.get_batch(path.stem)
-        return None
+            tag = self.files.read_state(path, "batch").get("gateway_batch_id")
+            if isinstance(tag, str):
+                found.append((tag, await self.get_batch(path.stem)))
+        return found

@@ -22,6 +22,7 @@ from gateway.app import SERVER_ARGS, create_app
 from gateway.config import Config
 from gateway.errors import Handler
 from gateway.service import GatewayService
+from gateway.store import Store, open_store
 from tests.leakscan import SCAN, CollectingHandler
 from tests.servers import PostgresServer, S3Server
 from tests.support import make_config
@@ -137,6 +138,21 @@ _databases = itertools.count()
 def pg_url(postgres_server: PostgresServer) -> str:
     """A new, empty database on the session's server, so tests never share rows."""
     return postgres_server.create_database(f"test_{os.getpid()}_{next(_databases)}")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store on each backend: a SQLite file, and a new database on the test PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    opened = await open_store(store_url)
+    yield opened
+    await opened.close()
 
 
 @pytest.fixture(scope="session")

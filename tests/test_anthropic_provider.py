@@ -175,11 +175,21 @@ async def test_upstream_errors_map_to_gateway_errors(
     assert "sk-ant-wrong-999" not in str(info.value.body)
 
     gw, upstream, server = await start_claude()
-    upstream.fail_next = [529] * 3  # more than the retries
+    upstream.fail_next = [429] * 3  # refused each time, more than the retries
     with pytest.raises(openai.InternalServerError) as err:
         await submit(gw, [chat_line(0)])
     assert err.value.status_code == 503 and "Injected failure" in err.value.message
     assert str(server.make_url("")) not in err.value.message
+    assert upstream.batches == {}
+
+    # Overloaded (529) may come after the work was done: never an error the client would
+    # retry into a second batch. It gets its batch, which the gateway makes exactly once.
+    upstream.fail_on, upstream.fail_next = "POST /v1/messages/batches", [529] * 3
+    batch = await submit(gw, [chat_line(0)])
+    assert batch.status == "validating" and upstream.batches == {}
+    await gw.service.settle_pending()
+    assert len(upstream.batches) == 1
+    assert (await wait_terminal(gw.client, batch.id)).status == "completed"
 
 
 async def test_retrieve_reports_finalizing_while_results_are_fetched(

@@ -130,6 +130,7 @@ def test_dashboard_covers_what_operators_asked_for() -> None:
         "gateway_batches{",
         "gateway_batch_requests_total",
         "gateway_batch_completion_seconds_bucket",
+        "gateway_upstream_repairs_total",
     ):
         assert metric in exprs, metric
 

@@ -210,7 +210,7 @@ async def workload_round(client: openai.AsyncOpenAI, upstream: FakeOpenAIState) 
 
     batches = [await create(), await create(), await create(research)]
     upstream.fail_on = "POST /v1/batches"
-    upstream.fail_next = [500, 500]  # the first try and the one retry: then the fallback
+    upstream.fail_next = [429, 429]  # refused on the first try and the one retry: fallback
     batches.append(await create(research))
     assert upstream.fail_next == []
     with pytest.raises(openai.NotFoundError):

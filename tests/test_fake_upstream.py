@@ -181,3 +181,59 @@ async def test_fail_next_and_list(aiohttp_client: ClientFactory) -> None:
     assert [b["id"] for b in page["data"]] == ids[::-1][:2] and page["has_more"] is True
     page = await (await client.get(f"/v1/batches?after={page['last_id']}", headers=AUTH)).json()
     assert [b["id"] for b in page["data"]] == [ids[0]] and page["has_more"] is False
+
+
+async def test_metadata_is_limited_as_openai_does(aiohttp_client: ClientFactory) -> None:
+    client = await aiohttp_client(make_openai_upstream(KEY))
+    file_id = (await _upload(client, _jsonl("m")))["id"]
+    body = {"input_file_id": file_id, "endpoint": "/v1/chat/completions"}
+    body["completion_window"] = "24h"
+    too_many = {f"k{i}": "v" for i in range(17)}
+    resp = await client.post("/v1/batches", json=body | {"metadata": too_many}, headers=AUTH)
+    assert resp.status == 400
+    assert (await resp.json())["error"] == {
+        "message": "Invalid 'metadata': too many properties. Expected an object with at most 16"
+        " properties, but got an object with 17 properties instead.",
+        "type": "invalid_request_error",
+        "param": "metadata",
+        "code": None,
+    }
+    for bad in ({"k" * 65: "v"}, {"k": "v" * 513}, {"k": 1}, ["k"]):
+        resp = await client.post("/v1/batches", json=body | {"metadata": bad}, headers=AUTH)
+        assert resp.status == 400, bad
+        assert (await resp.json())["error"]["param"] == "metadata"
+    at_limits = {f"{i:02d}" + "k" * 62: "v" * 512 for i in range(16)}
+    assert (await _create(client, file_id, metadata=at_limits))["metadata"] == at_limits
+    assert len(client.app[UPSTREAM].batches) == 1  # the rejected ones made nothing
+
+
+async def test_files_list_pages_filters_and_orders(aiohttp_client: ClientFactory) -> None:
+    client = await aiohttp_client(make_openai_upstream(KEY))
+    ids = [(await _upload(client, _jsonl("m")))["id"] for _ in range(5)]
+    batch = await _create(client, ids[0])
+    for _ in range(3):  # to completed: one batch_output file joins the list
+        await client.get(f"/v1/batches/{batch['id']}", headers=AUTH)
+
+    async def page(query: str) -> dict[str, Any]:
+        resp = await client.get(f"/v1/files?{query}", headers=AUTH)
+        assert resp.status == 200
+        return await resp.json()
+
+    everything = await page("")
+    assert everything["object"] == "list" and len(everything["data"]) == 6
+    assert everything["data"][0]["purpose"] == "batch_output"
+    assert all(isinstance(f["created_at"], int) for f in everything["data"])
+
+    first = await page("purpose=batch&limit=2")
+    assert [f["id"] for f in first["data"]] == ids[::-1][:2]
+    assert (first["first_id"], first["last_id"], first["has_more"]) == (ids[4], ids[3], True)
+    rest = await page(f"purpose=batch&limit=2&after={first['last_id']}")
+    assert [f["id"] for f in rest["data"]] == [ids[2], ids[1]] and rest["has_more"] is True
+    last = await page(f"purpose=batch&limit=2&after={rest['last_id']}")
+    assert [f["id"] for f in last["data"]] == [ids[0]] and last["has_more"] is False
+
+    ascending = await page("purpose=batch&order=asc&limit=3")
+    assert [f["id"] for f in ascending["data"]] == ids[:3] and ascending["has_more"] is True
+    for bad in ("limit=0", "limit=10001", "limit=x", "order=sideways"):
+        resp = await client.get(f"/v1/files?{bad}", headers=AUTH)
+        assert resp.status == 400, bad

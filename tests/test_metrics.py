@@ -92,7 +92,7 @@ async def test_metric_values_after_a_scripted_workload(
     content = chat_file(3)
     f = await gw.client.files.create(file=("in.jsonl", io.BytesIO(content)), purpose="batch")
     flaky.app[UPSTREAM].fail_on = "POST /v1/batches"
-    flaky.app[UPSTREAM].fail_next = [500] * 3
+    flaky.app[UPSTREAM].fail_next = [429] * 3  # refused each time: retried, then fallen back
     ids = []
     for metadata in ({"lane": "flaky"}, None):
         batch = await gw.client.batches.create(

@@ -148,15 +148,42 @@ async def test_upstream_rejecting_create_leaves_no_batch(
     assert [b async for b in gw.client.batches.list()] == []
 
     state.endpoints = ANYAPI_ENDPOINTS
-    state.fail_next = [503, 503, 503]  # more than the two retries
+    state.fail_on = "POST /v1/batches"
+    state.fail_next = [429, 429, 429]  # definite refusals, more than the two retries
     with pytest.raises(openai.InternalServerError) as err:
         await create(gw, file_id)
     assert err.value.status_code == 503
     assert [b async for b in gw.client.batches.list()] == []
 
-    state.fail_next = [503, 429]  # within the retries: the client never notices
+    state.fail_next = [429, 503]  # within the retries: the client never notices
     batch = await create(gw, file_id)
     assert [b.id async for b in gw.client.batches.list()] == [batch.id]
+    assert len(state.batches) == 1
+
+
+async def test_create_whose_every_attempt_may_have_been_made_is_settled_by_the_gateway(
+    start_remote: Callable[..., Awaitable[Started]],
+) -> None:
+    """5xx answers may come after the work was done: the client gets its batch, never an
+    error it would retry into a second one, and the gateway makes exactly one upstream."""
+    gw, state, _ = await start_remote()
+    file_id = await upload(gw)
+    state.fail_on = "POST /v1/batches"
+    state.fail_next = [503, 503, 503]  # every attempt; each is looked up by tag first
+    batch = await create(gw, file_id)
+    assert batch.status == "validating"
+    assert state.batches == {}
+    creates = [r for r in state.requests if r == ("POST", "/v1/batches")]
+    lookups = [r for r in state.requests if r == ("GET", "/v1/batches")]
+    assert len(creates) == 3 and len(lookups) >= 3
+    await gw.service.settle_pending()  # made again under the same id (or the poller did)
+    record = await gw.service.store.get_batch(batch.id)
+    assert record is not None and not record.pending
+    (upstream,) = state.batches.values()
+    assert upstream["metadata"] == {"gateway_batch_id": batch.id}
+    assert (await gw.client.batches.retrieve(batch.id)).status != "failed"
+    assert await gw.service.settle_pending() == 0
+    assert len(state.batches) == 1
 
 
 async def test_retrieve_while_the_provider_is_down_serves_stored_state(

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import ids
+from gateway import ids, instance
 from gateway.blobs import LocalBlobs
 from gateway.errors import InvalidRequest, NotFound
 from gateway.jsonl import JSONLError, JSONLValidator
@@ -154,7 +154,14 @@ def test_arbitrary_ids_never_crash_lookups(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     loop = asyncio.new_event_loop()
     store = loop.run_until_complete(SQLiteStore.open(":memory:"))
-    service = GatewayService(store, LocalBlobs(tmp_path / "blobs"), {}, Router(config, {}), config)
+    service = GatewayService(
+        store,
+        LocalBlobs(tmp_path / "blobs"),
+        {},
+        Router(config, {}),
+        config,
+        instance_id=instance.start().id,
+    )
 
     @SETTINGS
     @given(st.text(max_size=300) | SHAPED | st.just("' OR 1=1 --") | st.just("../../x"))

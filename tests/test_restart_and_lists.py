@@ -51,10 +51,10 @@ async def test_batches_and_files_survive_a_restart(
     assert [b.id async for b in second.client.batches.list()] == [active.id, done.id]
 
 
-async def test_recent_pending_creates_are_left_to_their_owner(
+async def test_a_pending_create_is_left_to_its_live_owner_however_old(
     start_gateway: StartGateway, tmp_path: Path
 ) -> None:
-    """Within the grace period a pending row may be another process's create in flight."""
+    """A pending row is settled only once the instance creating it is gone, never by age."""
     config = make_config(tmp_path)
     gw = await start_gateway(config)
     uploaded = await gw.client.files.create(
@@ -65,16 +65,17 @@ async def test_recent_pending_creates_are_left_to_their_owner(
     )
     record = await gw.service.store.get_batch(batch.id)
     assert record is not None
-    record.pending, record.upstream_id = True, None
+    # A create still running in this live instance: its answer is on the way.
+    record.pending, record.upstream_id, record.owner = True, None, gw.service.instance_id
     record.object["status"] = "validating"
     await gw.service.store.update_batch(record)
-    await gw.server.close()
+    assert await gw.service.settle_pending() == 0
+    still = await gw.service.store.get_batch(batch.id)
+    assert still is not None and still.pending and still.upstream_id is None
+    await gw.server.close()  # the owner is gone now
 
-    restarted = await start_gateway(config)
-    assert await restarted.service.reconcile_pending(grace_seconds=120) == 0
-    still = await restarted.client.batches.retrieve(batch.id)
-    assert still.status == "validating"
-    assert await restarted.service.reconcile_pending(grace_seconds=0) == 1
+    restarted = await start_gateway(config)  # settles what its predecessor left
+    await restarted.service.settle_pending()
     attached = await restarted.service.store.get_batch(batch.id)
     assert attached is not None and not attached.pending and attached.upstream_id
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 
-from gateway.store import BatchRecord, FileRecord, Store, UnknownCursor, open_store
+from gateway.store import BatchRecord, FileRecord, Store, UnknownCursor
 from gateway.store.migrate import migrations
 from gateway.store.postgres import PostgresStore
 from gateway.store.sql import SQLStore
@@ -20,20 +20,6 @@ from gateway.store.sqlite import SQLiteStore
 
 LATEST = migrations("sqlite")[-1].version
 LEASES = 4  # the migration that added batch leases
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'store.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Store]:
-    opened = await open_store(store_url)
-    yield opened
-    await opened.close()
 
 
 async def open_sql(url: str, *, schema_upto: int | None = None) -> SQLStore:
@@ -154,14 +140,19 @@ async def test_an_unknown_or_foreign_cursor_raises_unknown_cursor(store: Store) 
             await store.list_batches("a", after=after, limit=5)
 
 
-async def test_upstream_copies_are_recorded_per_provider_and_replaced(store: Store) -> None:
+async def test_upstream_copies_are_recorded_per_provider_and_the_first_stands(
+    store: Store,
+) -> None:
     await store.insert_file(file_record(1))
     assert await store.get_upstream_file("file-0001", "p") is None
-    await store.put_upstream_file("file-0001", "p", "up-1")
-    await store.put_upstream_file("file-0001", "q", "other-1")
-    await store.put_upstream_file("file-0001", "p", "up-2")
-    assert await store.get_upstream_file("file-0001", "p") == "up-2"
+    assert await store.put_upstream_file("file-0001", "p", "up-1") == "up-1"
+    assert await store.put_upstream_file("file-0001", "q", "other-1") == "other-1"
+    # A second upload racing the first (another replica): every batch uses the first.
+    assert await store.put_upstream_file("file-0001", "p", "up-2") == "up-1"
+    assert await store.get_upstream_file("file-0001", "p") == "up-1"
     assert await store.get_upstream_file("file-0001", "q") == "other-1"
+    await store.delete_upstream_file("file-0001", "p")  # gone at the provider: upload again
+    assert await store.put_upstream_file("file-0001", "p", "up-3") == "up-3"
 
 
 async def test_delete_file_removes_it_and_its_upstream_copies(store: Store) -> None:
@@ -539,7 +530,16 @@ async def test_the_version_before_leases_upgrades_in_place(store_url: str) -> No
     old = await open_sql(store_url, schema_upto=LEASES - 1)
     try:
         await old.insert_file(file_record(1))
-        await old.insert_batch(batch_record(1))
+        async with old._conn() as db:  # the columns of that version
+            record = batch_record(1)
+            await db.execute(
+                "INSERT INTO batches (id, tenant, provider, input_file_id, created_at, object,"
+                " upstream_id, pending, output_ttl, webhook, status)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                *(record.id, record.tenant, record.provider, record.input_file_id),
+                *(record.created_at, orjson.dumps(record.object).decode(), record.upstream_id),
+                *(record.pending, record.output_ttl, record.webhook, record.status),
+            )
         with pytest.raises((sqlite3.OperationalError, asyncpg.PostgresError), match="lease|next"):
             await old.claim_active_batches("w", 1, 30, now=0)
     finally:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from pydantic import ValidationError
 
+from gateway import idempotency
 from gateway.api import cursor_param, int_param, json_response, read_json, service
 from gateway.auth import tenant_of
 from gateway.errors import InvalidRequest
@@ -26,7 +29,23 @@ def _validation_error(exc: ValidationError) -> InvalidRequest:
 
 
 async def create(request: web.Request) -> web.Response:
+    key = idempotency.key_of(request)
     data = await read_json(request)
+    provider_header = request.headers.get(PROVIDER_HEADER)
+    if key is None:
+        return await _create(request, data, provider_header)
+    # Failures before this point (bad header, unreadable body) never touch the key.
+    return await idempotency.once(
+        service(request).store,
+        tenant_of(request),
+        key,
+        idempotency.CREATE_BATCH,
+        lambda _attempt: _create(request, data, provider_header),
+        fingerprint=idempotency.batch_fingerprint(data, provider_header),
+    )
+
+
+async def _create(request: web.Request, data: Any, provider_header: str | None) -> web.Response:
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     try:
@@ -34,7 +53,7 @@ async def create(request: web.Request) -> web.Response:
     except ValidationError as exc:
         raise _validation_error(exc) from None
     created = await service(request).create_batch(
-        tenant_of(request), body, provider_header=request.headers.get(PROVIDER_HEADER)
+        tenant_of(request), body, provider_header=provider_header
     )
     return json_response(created)
 

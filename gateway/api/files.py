@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
+from functools import partial
 
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
+from gateway import idempotency
 from gateway.api import (
     choice_param,
     cursor_param,
@@ -82,24 +85,42 @@ def _expires_after(fields: dict[str, str]) -> ExpiresAfter | None:
 
 
 async def upload(request: web.Request) -> web.Response:
+    key = idempotency.key_of(request)
     if request.content_type != "multipart/form-data":
         raise UnsupportedMedia(
             "Upload files as multipart/form-data with parts 'file' and 'purpose'."
         )
-    tenant = tenant_of(request)
     svc = service(request)
-    idle = svc.limits.upload_idle_seconds
     if (request.content_length or 0) > svc.limits.max_file_bytes + FORM_OVERHEAD:
-        raise PayloadTooLarge(
-            f"The file is larger than the limit of {svc.limits.max_file_bytes} bytes.",
-            param="file",
-        )
+        raise _too_large(svc.limits.max_file_bytes)
     try:
         reader = await request.multipart()
     except ValueError:  # no boundary in the Content-Type
         raise _malformed() from None
+    if key is None:
+        return await _receive(request, reader, None)
+    return await idempotency.once(
+        svc.store,
+        tenant_of(request),
+        key,
+        idempotency.UPLOAD_FILE,
+        partial(_receive, request, reader),
+        replay_fingerprint=partial(
+            _fingerprint_form, reader, svc.limits.upload_idle_seconds, svc.limits.max_file_bytes
+        ),
+    )
+
+
+async def _receive(
+    request: web.Request, reader: MultipartReader, attempt: idempotency.Attempt | None
+) -> web.Response:
+    """Store the uploaded file; with an Idempotency-Key, fingerprint the form once read whole."""
+    tenant = tenant_of(request)
+    svc = service(request)
+    idle = svc.limits.upload_idle_seconds
     fields: dict[str, str] = {}
     record: FileRecord | None = None
+    filename: str | None = None
     parts = 0
     try:
         while (part := await _next_part(reader, idle)) is not None:
@@ -112,6 +133,7 @@ async def upload(request: web.Request) -> web.Response:
                 purpose = fields.get("purpose", "batch")
                 if purpose not in UPLOAD_PURPOSES:
                     raise _bad_purpose(purpose)
+                filename = part.filename
                 record = await svc.upload(
                     tenant,
                     part.filename[:255] or "upload.jsonl",
@@ -122,6 +144,8 @@ async def upload(request: web.Request) -> web.Response:
                 fields[part.name] = await _text(part, idle)
         if record is None:
             raise InvalidRequest("The 'file' part is missing.", param="file")
+        if attempt is not None:  # the whole form is read: the answers below can be stored
+            attempt.fingerprint = idempotency.upload_fingerprint(fields, filename, record.sha256)
         if "purpose" not in fields:
             raise InvalidRequest("The 'purpose' field is missing.", param="purpose")
         if fields["purpose"] not in UPLOAD_PURPOSES:
@@ -131,6 +155,37 @@ async def upload(request: web.Request) -> web.Response:
             await svc.discard_upload(record)
         raise
     return json_response(file_object(record))
+
+
+async def _fingerprint_form(reader: MultipartReader, idle: float, max_bytes: int) -> str:
+    """The fingerprint of a form whose key already has an answer: the file is hashed
+    as it streams in, and nothing is stored."""
+    fields: dict[str, str] = {}
+    filename: str | None = None
+    digest: hashlib._Hash | None = None
+    parts = 0
+    while (part := await _next_part(reader, idle)) is not None:
+        parts += 1
+        if parts > MAX_PARTS:
+            raise InvalidRequest(f"A file upload has at most {MAX_PARTS} form parts.")
+        if part.name == "file" and part.filename is not None:
+            if digest is not None:
+                raise InvalidRequest("Send exactly one 'file' part.", param="file")
+            filename, digest, size = part.filename, hashlib.sha256(), 0
+            async for chunk in _chunks(part, idle):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise _too_large(max_bytes)
+                digest.update(chunk)
+        elif part.name:
+            fields[part.name] = await _text(part, idle)
+    return idempotency.upload_fingerprint(
+        fields, filename, digest.hexdigest() if digest is not None else None
+    )
+
+
+def _too_large(max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The file is larger than the limit of {max_bytes} bytes.", param="file")
 
 
 def _bad_purpose(purpose: str) -> InvalidRequest:

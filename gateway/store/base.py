@@ -6,6 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from gateway.instance import Instance
+from gateway.store.idempotency import IdempotencyRecord
+
 T = TypeVar("T")
 
 
@@ -44,6 +47,11 @@ class BatchRecord:
     webhook: str | None = None
     # True between the row write and the upstream create completing.
     pending: bool = True
+    # The instance running the create while pending; None once handed to the gateway
+    # to settle in the background (the client already holds the batch id).
+    owner: str | None = None
+    # Background settling rounds so far (creates handed over after an unknown outcome).
+    settle_attempts: int = 0
 
     @property
     def status(self) -> str:
@@ -86,7 +94,9 @@ class Store(Protocol):
 
     async def get_upstream_file(self, file_id: str, provider: str) -> str | None: ...
 
-    async def put_upstream_file(self, file_id: str, provider: str, upstream_id: str) -> None: ...
+    async def put_upstream_file(self, file_id: str, provider: str, upstream_id: str) -> str:
+        """Record a provider's copy of a file unless one is recorded; the copy that stands."""
+        ...
 
     async def delete_upstream_file(self, file_id: str, provider: str) -> None: ...
 
@@ -109,6 +119,15 @@ class Store(Protocol):
     ) -> Page[BatchRecord]: ...
 
     async def pending_batches(self) -> list[BatchRecord]: ...
+
+    async def batch_of_upstream(self, provider: str, upstream_id: str) -> str | None:
+        """The gateway batch that points at this upstream batch, if any."""
+        ...
+
+    async def unowned_pending_batches(self) -> list[BatchRecord]:
+        """Pending creates no live instance runs: handed over (owner None) or orphaned
+        (the owner's instance row is gone), oldest first."""
+        ...
 
     async def count_active_batches(self, tenant: str) -> int:
         """Non-terminal batches of a tenant, pending creates included."""
@@ -182,6 +201,18 @@ class Store(Protocol):
         """Give the lease up (at shutdown), so a successor need not wait for it to expire."""
         ...
 
+    async def register_instance(self, instance: Instance) -> None: ...
+
+    async def heartbeat(self, instance_id: str, now: float) -> bool:
+        """False when the row is gone (another process judged this one dead)."""
+        ...
+
+    async def instances(self) -> list[Instance]: ...
+
+    async def forget_instance(self, instance_id: str) -> None:
+        """Drop a gone instance: its row, its named leases and its batch leases."""
+        ...
+
     async def hit_rate_window(self, key: str, window_start: int, limit: int) -> tuple[bool, int]:
         """Count one hit for `key` in the window starting at `window_start`.
 
@@ -192,6 +223,43 @@ class Store(Protocol):
 
     async def prune_rate_windows(self, before: int) -> int:
         """Drop windows that started before `before`; returns how many."""
+        ...
+
+    async def claim_idempotency_key(
+        self, tenant: str, key: str, operation: str, owner: str, now: float, lock_seconds: float
+    ) -> IdempotencyRecord | None:
+        """Take the key for `owner` until `now + lock_seconds`: None when taken.
+
+        A key is free when it has no row or its running request's lock ran out (the
+        process died); otherwise the row met is returned, answered or still held.
+        Atomic across processes: of two claims at once, one gets the key.
+        """
+        ...
+
+    async def renew_idempotency_key(self, tenant: str, key: str, owner: str, until: float) -> bool:
+        """Extend a running request's lock; False when `owner` no longer holds the key."""
+        ...
+
+    async def finish_idempotency_key(
+        self,
+        tenant: str,
+        key: str,
+        owner: str,
+        *,
+        fingerprint: str,
+        status: int,
+        body: bytes,
+        now: float,
+    ) -> bool:
+        """Store the answer (kept from `now`); False when `owner` no longer holds the key."""
+        ...
+
+    async def release_idempotency_key(self, tenant: str, key: str, owner: str) -> None:
+        """Free a held key without an answer (a 5xx, 429 or a request that died)."""
+        ...
+
+    async def prune_idempotency_keys(self, before: float) -> int:
+        """Drop keys stored (or claimed) before `before`; returns how many."""
         ...
 
 

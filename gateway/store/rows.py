@@ -20,7 +20,7 @@ FILE_COLS = (
 )
 BATCH_COLS = (
     "id, tenant, provider, input_file_id, created_at, object, upstream_id, pending, output_ttl,"
-    " webhook"
+    " webhook, owner, settle_attempts"
 )
 # Matches the partial indexes' predicate, so the planner can use them.
 NOT_TERMINAL = "status NOT IN ('completed', 'failed', 'expired', 'cancelled')"
@@ -58,6 +58,8 @@ def batch_from_row(row: Row) -> BatchRecord:
         pending=bool(row[7]),
         output_ttl=row[8],
         webhook=row[9],
+        owner=row[10],
+        settle_attempts=row[11],
     )
 
 

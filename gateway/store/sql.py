@@ -15,8 +15,10 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar
 
+from gateway.instance import Instance
 from gateway.store import migrate
 from gateway.store.base import BatchRecord, FileRecord, Page, UnknownCursor, WebhookDelivery
+from gateway.store.idempotency import IdempotencyStore
 from gateway.store.migrate import Executor
 from gateway.store.rows import (
     BATCH_COLS,
@@ -28,7 +30,7 @@ from gateway.store.rows import (
 )
 
 
-class SQLStore(ABC):
+class SQLStore(IdempotencyStore, ABC):
     """Every Store method, over whatever connections a backend provides."""
 
     dialect: ClassVar[str]
@@ -149,15 +151,19 @@ class SQLStore(ABC):
             )
         return str(rows[0][0]) if rows else None
 
-    async def put_upstream_file(self, file_id: str, provider: str, upstream_id: str) -> None:
+    async def put_upstream_file(self, file_id: str, provider: str, upstream_id: str) -> str:
+        # Two replicas uploading one file at once: the first copy recorded is the one every
+        # batch uses (the other is a duplicate for the repair sweep).
         async with self._write() as db:
             await db.execute(
                 "INSERT INTO upstream_files (file_id, provider, upstream_id) VALUES (?,?,?)"
-                " ON CONFLICT (file_id, provider) DO UPDATE SET upstream_id = excluded.upstream_id",
+                " ON CONFLICT (file_id, provider) DO NOTHING",
                 file_id,
                 provider,
                 upstream_id,
             )
+        stored = await self.get_upstream_file(file_id, provider)
+        return stored or upstream_id
 
     async def delete_upstream_file(self, file_id: str, provider: str) -> None:
         async with self._conn() as db:
@@ -170,7 +176,7 @@ class SQLStore(ABC):
     async def insert_batch(self, record: BatchRecord) -> None:
         async with self._write() as db:
             await db.execute(
-                f"INSERT INTO batches ({BATCH_COLS}, status) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO batches ({BATCH_COLS}, status) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 record.id,
                 record.tenant,
                 record.provider,
@@ -181,6 +187,8 @@ class SQLStore(ABC):
                 record.pending,
                 record.output_ttl,
                 record.webhook,
+                record.owner,
+                record.settle_attempts,
                 record.status,
             )
 
@@ -189,8 +197,8 @@ class SQLStore(ABC):
         # racing the poller, here or on another replica) must not move it back, nor
         # queue the webhook a second time.
         update = (
-            "UPDATE batches SET object = ?, upstream_id = ?, pending = ?, status = ?, provider = ?"
-            f" WHERE id = ? AND {NOT_TERMINAL} RETURNING id"
+            "UPDATE batches SET object = ?, upstream_id = ?, pending = ?, status = ?, provider = ?,"
+            f" owner = ?, settle_attempts = ? WHERE id = ? AND {NOT_TERMINAL} RETURNING id"
         )
         args = (
             to_json(record.object),
@@ -198,6 +206,8 @@ class SQLStore(ABC):
             record.pending,
             record.status,
             record.provider,
+            record.owner,
+            record.settle_attempts,
             record.id,
         )
         if event is None or record.webhook is None:
@@ -249,6 +259,24 @@ class SQLStore(ABC):
     async def pending_batches(self) -> list[BatchRecord]:
         async with self._conn() as db:
             rows = await db.fetch(f"SELECT {BATCH_COLS} FROM batches WHERE pending ORDER BY seq")
+        return [batch_from_row(r) for r in rows]
+
+    async def batch_of_upstream(self, provider: str, upstream_id: str) -> str | None:
+        async with self._read() as db:
+            rows = await db.fetch(
+                "SELECT id FROM batches WHERE provider = ? AND upstream_id = ?",
+                provider,
+                upstream_id,
+            )
+        return str(rows[0][0]) if rows else None
+
+    async def unowned_pending_batches(self) -> list[BatchRecord]:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                f"SELECT {BATCH_COLS} FROM batches WHERE pending AND (owner IS NULL"
+                " OR NOT EXISTS (SELECT 1 FROM instances WHERE instances.id = batches.owner))"
+                " ORDER BY seq"
+            )
         return [batch_from_row(r) for r in rows]
 
     async def count_active_batches(self, tenant: str) -> int:
@@ -418,6 +446,46 @@ class SQLStore(ABC):
     async def release_lease(self, name: str, owner: str) -> None:
         async with self._conn() as db:
             await db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", name, owner)
+
+    # instances (which process runs which pending create)
+
+    async def register_instance(self, instance: Instance) -> None:
+        async with self._conn() as db:
+            await db.execute(
+                "INSERT INTO instances (id, host, boot_id, pid, started, heartbeat_at)"
+                " VALUES (?,?,?,?,?,?)",
+                instance.id,
+                instance.host,
+                instance.boot_id,
+                instance.pid,
+                instance.started,
+                float(instance.heartbeat_at or time.time()),
+            )
+
+    async def heartbeat(self, instance_id: str, now: float) -> bool:
+        async with self._write() as db:
+            rows = await db.fetch(
+                "UPDATE instances SET heartbeat_at = ? WHERE id = ? RETURNING id",
+                float(now),
+                instance_id,
+            )
+        return bool(rows)
+
+    async def instances(self) -> list[Instance]:
+        async with self._conn() as db:
+            rows = await db.fetch(
+                "SELECT id, host, boot_id, pid, started, heartbeat_at FROM instances"
+            )
+        return [Instance(r[0], r[1], r[2], int(r[3]), r[4], float(r[5])) for r in rows]
+
+    async def forget_instance(self, instance_id: str) -> None:
+        async with self._tx() as db:
+            await db.execute("DELETE FROM instances WHERE id = ?", instance_id)
+            await db.execute("DELETE FROM leases WHERE owner = ?", instance_id)
+            await db.execute(
+                "UPDATE batches SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?",
+                instance_id,
+            )
 
     # rate windows (limits that hold across replicas)
 

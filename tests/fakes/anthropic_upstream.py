@@ -11,7 +11,10 @@ the next retrieve with only its first request run and the rest `canceled`; with
 `expire=True` a batch ends at its `expires_at` with the first request run and the rest
 `expired`. Results are streamed
 in small chunks, so lines straddle chunk boundaries. Injectable: `latency` (seconds per
-call) and `fail_next` (statuses answered with Anthropic's error body).
+call), and the faults of `tests.fakes.faults` (`fail_next`, `fail_on`, `fault_rates`, ...;
+statuses are answered with Anthropic's error body, deferred faults replay creates and
+cancels). `GET /v1/messages/batches` lists newest first with `limit`, `before_id` and
+`after_id`; `preload_batches` and `background_creates_per_second` make a busy account.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from tests.fakes import faults
+from tests.fakes.faults import Captured, FaultState, Ledger, Replayer
+
 Json = dict[str, Any]
 
 FAIL_MODEL = "fail-model"
@@ -40,16 +46,16 @@ _ERROR_TYPES = {
     500: "api_error",
     529: "overloaded_error",
 }
+LIST_MAX = 1000
 
 
 @dataclass
-class FakeAnthropicState:
+class FakeAnthropicState(FaultState):
     api_key: str
-    batches: dict[str, Json] = field(default_factory=dict)
+    batches: Ledger = field(default_factory=Ledger)
     # Every request as (method, path, x-api-key, anthropic-version).
     calls: list[tuple[str, str, str | None, str | None]] = field(default_factory=list)
     latency: float = 0.0
-    fail_next: list[int] = field(default_factory=list)
     polls_to_end: int = 1
     expire: bool = False
 
@@ -78,10 +84,14 @@ async def _gate(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(401, "invalid x-api-key")
     if version != VERSION:
         return error_response(400, "anthropic-version header is required")
-    if state.fail_next:
-        status = state.fail_next.pop(0)
-        return error_response(status, f"Injected failure ({status})")
-    return await handler(request)
+    return await faults.serve(
+        state,
+        request,
+        lambda: handler(request),
+        error=error_response,
+        replayers=REPLAYERS,
+        label="Injected failure",
+    )
 
 
 def _public(batch: Json) -> Json:
@@ -108,15 +118,23 @@ def _invalid(requests: Any) -> str | None:
 
 
 async def create_batch(request: web.Request) -> web.Response:
-    state = request.app[ANTHROPIC]
+    return _create_batch(request.app[ANTHROPIC], await request.read())
+
+
+def _create_batch(state: FakeAnthropicState, raw: bytes) -> web.Response:
+    """Validate a create body and store the batch; replayed as is by deferred faults."""
     try:
-        body = orjson.loads(await request.read())
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return error_response(400, "the body is not JSON")
     requests = body.get("requests") if isinstance(body, dict) else None
     if (problem := _invalid(requests)) is not None:
         return error_response(400, problem)
-    created = datetime.now(UTC)
+    assert isinstance(requests, list)  # _invalid checked it
+    return web.json_response(_public(_new_batch(state, requests, datetime.now(UTC))))
+
+
+def _new_batch(state: FakeAnthropicState, requests: list[Json], created: datetime) -> Json:
     batch_id = "msgbatch_" + secrets.token_hex(12)
     state.batches[batch_id] = {
         "id": batch_id,
@@ -134,7 +152,15 @@ async def create_batch(request: web.Request) -> web.Response:
         "_polls": 0,
         "_results": [],
     }
-    return web.json_response(_public(state.batches[batch_id]))
+    return state.batches[batch_id]
+
+
+def _add_unrelated(state: FakeAnthropicState, created_at: int, tag: str | None) -> None:
+    """Someone else's batch on the account (Anthropic batches carry no metadata: no tag)."""
+    messages = [{"role": "user", "content": "hi"}]
+    params = {"model": "claude-x", "max_tokens": 16, "messages": messages}
+    created = datetime.fromtimestamp(created_at, UTC)
+    _new_batch(state, [{"custom_id": "other-0", "params": params}], created)
 
 
 def _message(custom_id: str, params: Json) -> Json:
@@ -210,10 +236,47 @@ async def retrieve_batch(request: web.Request) -> web.Response:
 
 async def cancel_batch(request: web.Request) -> web.Response:
     batch = _batch(request)
+    _cancel(batch)
+    return web.json_response(_public(batch))
+
+
+def _cancel(batch: Json) -> None:
     if batch["processing_status"] == "in_progress":
         batch.update(processing_status="canceling")
         batch["cancel_initiated_at"] = _rfc3339(datetime.now(UTC))
-    return web.json_response(_public(batch))
+
+
+async def list_batches(request: web.Request) -> web.Response:
+    """Newest first; `limit` (1..1000, default 20), `before_id` / `after_id` cursors."""
+    state, query = request.app[ANTHROPIC], request.query
+    try:
+        limit = int(query.get("limit", "20"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= LIST_MAX:
+        return error_response(400, f"limit: Input should be between 1 and {LIST_MAX}")
+    before, after = query.get("before_id"), query.get("after_id")
+    if before and after:
+        return error_response(400, "before_id and after_id cannot both be given")
+    page, has_more = state.batches.page(limit, before=before or None, after=after or None)
+    first_id, last_id = (page[0]["id"], page[-1]["id"]) if page else (None, None)
+    body = {"data": [_public(b) for b in page], "has_more": has_more}
+    return web.json_response(body | {"first_id": first_id, "last_id": last_id})
+
+
+def _replay_create(state: FakeAnthropicState, call: Captured) -> None:
+    _create_batch(state, call.body)  # an invalid body makes no batch, late or not
+
+
+def _replay_cancel(state: FakeAnthropicState, call: Captured) -> None:
+    if (batch := state.batches.get(call.match_info["batch_id"])) is not None:
+        _cancel(batch)
+
+
+REPLAYERS: dict[str, Replayer[FakeAnthropicState]] = {
+    "POST /v1/messages/batches": _replay_create,
+    "POST /v1/messages/batches/{batch_id}/cancel": _replay_cancel,
+}
 
 
 async def results(request: web.Request) -> web.StreamResponse:
@@ -234,10 +297,12 @@ async def results(request: web.Request) -> web.StreamResponse:
 def make_anthropic_upstream(api_key: str, **state_options: Any) -> web.Application:
     """The fake; `state_options` are FakeAnthropicState fields (latency, expire, ...)."""
     app = web.Application(middlewares=[_gate])
-    app[ANTHROPIC] = FakeAnthropicState(api_key=api_key, **state_options)
+    state = app[ANTHROPIC] = FakeAnthropicState(api_key=api_key, **state_options)
+    app.cleanup_ctx.append(faults.lifecycle(state, lambda at, tag: _add_unrelated(state, at, tag)))
     app.add_routes(
         [
             web.post("/v1/messages/batches", create_batch),
+            web.get("/v1/messages/batches", list_batches),
             web.get("/v1/messages/batches/{batch_id}", retrieve_batch),
             web.post("/v1/messages/batches/{batch_id}/cancel", cancel_batch),
             web.get("/v1/messages/batches/{batch_id}/results", results),

@@ -10,6 +10,10 @@ Batches advance one step per `GET /v1/batches/{id}`: validating -> in_progress -
 completed (or cancelling -> cancelled). Input lines whose `body.model == "fail-model"` end up in the
 error file with a 400 response; an unparseable input file makes the batch `failed`.
 Stored objects keep private keys prefixed with `_` (`files[id]["_content"]` holds the raw bytes).
+
+Faults (`fail_next`, `fail_on`, `fault_rates`, ...) and the busy-account mode
+(`preload_batches`, `background_creates_per_second`) come from `tests.fakes.faults`; deferred
+faults replay `POST /v1/batches` and `POST /v1/batches/{batch_id}/cancel`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from typing import Any, Literal
 
 from aiohttp import BodyPartReader, web
 from aiohttp.typedefs import Handler
+
+from tests.fakes import faults
+from tests.fakes.faults import Captured, FaultState, Ledger, Replayer
 
 Json = dict[str, Any]
 
@@ -42,23 +49,20 @@ _ERROR_TYPES: dict[int, tuple[str, str | None]] = {
     409: ("invalid_request_error", "conflict"),
     429: ("requests", "rate_limit_exceeded"),
 }
+# OpenAI's metadata limits: pairs, key length, value length.
+METADATA_PAIRS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
+FILES_LIST_MAX = 10000
 
 
 @dataclass
-class FakeOpenAIState:
+class FakeOpenAIState(FaultState):
     api_key: str
-    files: dict[str, Json] = field(default_factory=dict)
-    batches: dict[str, Json] = field(default_factory=dict)
+    files: Ledger = field(default_factory=Ledger)
+    batches: Ledger = field(default_factory=Ledger)
     auth_headers: list[str] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)
     cancel_style: Literal["full", "partial"] = "full"
     placeholders: bool = False
-    # Faults for the next matching requests, popped in order: an HTTP status, or
-    # "hang" (never answer), "reset" (drop the connection), "malformed" (200, not JSON),
-    # "reset_after" (carry the request out, then drop the connection).
-    fail_next: list[int | str] = field(default_factory=list)
-    # Only requests whose "METHOD /path" starts with this get the faults (None: all).
-    fail_on: str | None = None
     endpoints: frozenset[str] = FASTAPI_ENDPOINTS
     latency: float = 0.0
     in_flight: int = 0
@@ -106,17 +110,19 @@ async def _gate(request: web.Request, handler: Handler) -> web.StreamResponse:
     state.requests.append((request.method, request.path))
     if auth != f"Bearer {state.api_key}":
         return error_response(401, "Incorrect API key provided", code="invalid_api_key")
-    fault: int | str | None = None
-    if state.fail_next and f"{request.method} {request.path}".startswith(state.fail_on or ""):
-        fault = state.fail_next.pop(0)
-    if isinstance(fault, int):
-        return error_response(fault, f"Injected upstream failure ({fault})")
-    if fault == "hang":
-        await asyncio.sleep(3600)
-    if fault == "malformed":
-        return web.Response(body=b'{"id": "batch_x", "stat', content_type="application/json")
-    if fault == "reset":
-        _drop(request)
+    return await faults.serve(
+        state,
+        request,
+        lambda: _serve(state, request, handler),
+        error=error_response,
+        replayers=REPLAYERS,
+    )
+
+
+async def _serve(
+    state: FakeOpenAIState, request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    """Run the handler, counting requests in flight and answering `UpstreamError`s."""
     path = f"{request.method} {request.path}"
     state.in_flight += 1
     state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
@@ -132,16 +138,7 @@ async def _gate(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         state.in_flight -= 1
         state.in_flight_by_path[path] -= 1
-    if fault == "reset_after":
-        _drop(request)
     return response
-
-
-def _drop(request: web.Request) -> None:
-    """Close the socket without an answer, as a crashed proxy or a network reset would."""
-    assert request.transport is not None
-    request.transport.abort()
-    raise asyncio.CancelledError
 
 
 def _public(obj: Json) -> Json:
@@ -149,14 +146,19 @@ def _public(obj: Json) -> Json:
 
 
 def _store_file(
-    state: FakeOpenAIState, content: bytes, filename: str, purpose: str, expires_at: int | None
+    state: FakeOpenAIState,
+    content: bytes,
+    filename: str,
+    purpose: str,
+    expires_at: int | None,
+    created_at: int | None = None,
 ) -> Json:
     file_id = "file-UP" + secrets.token_hex(10)
     state.files[file_id] = {
         "id": file_id,
         "object": "file",
         "bytes": len(content),
-        "created_at": _now(),
+        "created_at": _now() if created_at is None else created_at,
         "filename": filename,
         "purpose": purpose,
         "status": "processed",
@@ -218,16 +220,91 @@ async def file_content(request: web.Request) -> web.Response:
     return web.Response(body=_file(request)["_content"], content_type="application/octet-stream")
 
 
+async def list_files(request: web.Request) -> web.Response:
+    """`GET /v1/files`: `purpose`, `limit` (1..10000), `order` (asc|desc), `after` cursor."""
+    state, query = request.app[UPSTREAM], request.query
+    limit = _limit(query.get("limit"), FILES_LIST_MAX, FILES_LIST_MAX)
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        msg = f"Invalid 'order': expected one of 'asc' or 'desc', but got '{order}' instead."
+        raise UpstreamError(400, msg, param="order")
+    purpose = query.get("purpose")
+    page, has_more = state.files.page(
+        limit,
+        after=query.get("after"),
+        newest_first=order == "desc",
+        keep=(lambda f: f["purpose"] == purpose) if purpose else None,
+    )
+    return web.json_response(_list_envelope([_public(f) for f in page], has_more))
+
+
+def _limit(raw: str | None, default: int, most: int) -> int:
+    try:
+        limit = default if raw is None else int(raw)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= most:
+        raise UpstreamError(400, f"limit must be between 1 and {most}", param="limit")
+    return limit
+
+
+def _list_envelope(page: list[Json], has_more: bool) -> Json:
+    first_id, last_id = (page[0]["id"], page[-1]["id"]) if page else (None, None)
+    return {"object": "list", "data": page, "first_id": first_id, "last_id": last_id} | {
+        "has_more": has_more
+    }
+
+
 async def delete_file(request: web.Request) -> web.Response:
     stored = _file(request)
     del request.app[UPSTREAM].files[stored["id"]]
     return web.json_response({"id": stored["id"], "object": "file", "deleted": True})
 
 
+def _json_type(value: Any) -> str:
+    """OpenAI's wording for a JSON value's type in its validation messages."""
+    if value is None:
+        return "null"
+    names: list[tuple[type, str]] = [(bool, "a boolean"), (int, "an integer")]
+    names += [(float, "a decimal"), (str, "a string"), (list, "an array"), (dict, "an object")]
+    return next(name for kind, name in names if isinstance(value, kind))
+
+
+def _check_metadata(metadata: Any) -> None:
+    """OpenAI's limits: at most 16 pairs, keys up to 64 chars, string values up to 512."""
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict):
+        msg = f"Invalid type for 'metadata': expected an object, but got {_json_type(metadata)}"
+        raise UpstreamError(400, msg + " instead.", param="metadata")
+    if (count := len(metadata)) > METADATA_PAIRS:
+        msg = "Invalid 'metadata': too many properties. Expected an object with at most"
+        msg += f" {METADATA_PAIRS} properties, but got an object with {count} properties instead."
+        raise UpstreamError(400, msg, param="metadata")
+    for key, value in metadata.items():
+        too_long = "string too long. Expected a string with maximum length"
+        if len(key) > METADATA_KEY_CHARS:
+            msg = f"Invalid 'metadata': {too_long} {METADATA_KEY_CHARS}, but got a string with"
+            raise UpstreamError(400, f"{msg} length {len(key)} instead.", param="metadata")
+        if not isinstance(value, str):
+            msg = f"Invalid type for 'metadata.{key}': expected a string, but got"
+            raise UpstreamError(400, f"{msg} {_json_type(value)} instead.", param="metadata")
+        if len(value) > METADATA_VALUE_CHARS:
+            msg = f"Invalid 'metadata.{key}': {too_long} {METADATA_VALUE_CHARS}, but got a"
+            raise UpstreamError(
+                400, f"{msg} string with length {len(value)} instead.", param="metadata"
+            )
+
+
 async def create_batch(request: web.Request) -> web.Response:
     state = request.app[UPSTREAM]
+    return web.json_response(_render_batch(state, _create_batch(state, await request.read())))
+
+
+def _create_batch(state: FakeOpenAIState, raw: bytes) -> Json:
+    """Validate a create body and store the batch; replayed as is by deferred faults."""
     try:
-        body = await request.json()
+        body = json.loads(raw)
     except ValueError:
         raise UpstreamError(400, "Request body must be JSON") from None
     if not isinstance(body, dict):
@@ -241,14 +318,20 @@ async def create_batch(request: web.Request) -> web.Response:
         raise UpstreamError(400, f"Unsupported endpoint: {body['endpoint']}", param="endpoint")
     if body["completion_window"] != "24h":
         raise UpstreamError(400, "completion_window must be '24h'", param="completion_window")
-    created = _now()
+    _check_metadata(body.get("metadata"))
+    return _new_batch(state, file_id, body["endpoint"], body.get("metadata"), _now())
+
+
+def _new_batch(
+    state: FakeOpenAIState, file_id: str, endpoint: str, metadata: Any, created: int
+) -> Json:
     batch: Json = {
         "id": "batch_UP" + secrets.token_hex(10),
         "object": "batch",
-        "endpoint": body["endpoint"],
+        "endpoint": endpoint,
         "model": None,
         "errors": None,
-        "input_file_id": body["input_file_id"],
+        "input_file_id": file_id,
         "completion_window": "24h",
         "status": "validating",
         "output_file_id": None,
@@ -257,11 +340,21 @@ async def create_batch(request: web.Request) -> web.Response:
         **dict.fromkeys(TIMESTAMP_FIELDS),
         "request_counts": {"total": 0, "completed": 0, "failed": 0},
         "usage": None,
-        "metadata": body.get("metadata"),
+        "metadata": metadata,
     }
     batch["expires_at"] = created + 86400
     state.batches[batch["id"]] = batch
-    return web.json_response(_render_batch(state, batch))
+    return batch
+
+
+def _add_unrelated(state: FakeOpenAIState, created_at: int, tag: str | None) -> None:
+    """Someone else's batch on the same account, with its own input file."""
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    line = {"custom_id": "other-0", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    content = (json.dumps(line) + "\n").encode()
+    file = _store_file(state, content, "theirs.jsonl", "batch", None, created_at)
+    metadata = {faults.GATEWAY_TAG: tag} if tag else None
+    _new_batch(state, file["id"], "/v1/chat/completions", metadata, created_at)
 
 
 def _parse_lines(state: FakeOpenAIState, batch: Json) -> tuple[list[Json], list[Json]]:
@@ -382,8 +475,10 @@ async def retrieve_batch(request: web.Request) -> web.Response:
 
 
 async def cancel_batch(request: web.Request) -> web.Response:
-    state = request.app[UPSTREAM]
-    batch = _batch(request)
+    return _cancel(request.app[UPSTREAM], _batch(request))
+
+
+def _cancel(state: FakeOpenAIState, batch: Json) -> web.Response:
     if batch["status"] in TERMINAL:
         raise UpstreamError(400, f"Cannot cancel a batch with status '{batch['status']}'.")
     if state.cancel_style == "partial":
@@ -396,30 +491,39 @@ async def cancel_batch(request: web.Request) -> web.Response:
 
 async def list_batches(request: web.Request) -> web.Response:
     state = request.app[UPSTREAM]
+    limit = _limit(request.query.get("limit"), 20, 100)
+    page, has_more = state.batches.page(limit, after=request.query.get("after") or None)
+    return web.json_response(_list_envelope([_render_batch(state, b) for b in page], has_more))
+
+
+def _replay_create(state: FakeOpenAIState, call: Captured) -> None:
     try:
-        limit = int(request.query.get("limit", "20"))
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= 100:
-        raise UpstreamError(400, "limit must be between 1 and 100", param="limit")
-    ordered = list(reversed(state.batches.values()))
-    after = request.query.get("after")
-    if after:
-        ids = [b["id"] for b in ordered]
-        ordered = ordered[ids.index(after) + 1 :] if after in ids else []
-    page = [_render_batch(state, b) for b in ordered[:limit]]
-    first_id, last_id = (page[0]["id"], page[-1]["id"]) if page else (None, None)
-    envelope = {"object": "list", "data": page, "first_id": first_id, "last_id": last_id}
-    return web.json_response({**envelope, "has_more": len(ordered) > limit})
+        _create_batch(state, call.body)
+    except UpstreamError:
+        pass  # an invalid body makes no batch, late or not
+
+
+def _replay_cancel(state: FakeOpenAIState, call: Captured) -> None:
+    batch = state.batches.get(call.match_info["batch_id"])
+    if batch is not None and batch["status"] not in TERMINAL:
+        _cancel(state, batch)
+
+
+REPLAYERS: dict[str, Replayer[FakeOpenAIState]] = {
+    "POST /v1/batches": _replay_create,
+    "POST /v1/batches/{batch_id}/cancel": _replay_cancel,
+}
 
 
 def make_openai_upstream(api_key: str, **state_options: Any) -> web.Application:
     """The fake; `state_options` are FakeOpenAIState fields (cancel_style, placeholders, ...)."""
     app = web.Application(middlewares=[_gate])
-    app[UPSTREAM] = FakeOpenAIState(api_key=api_key, **state_options)
+    state = app[UPSTREAM] = FakeOpenAIState(api_key=api_key, **state_options)
+    app.cleanup_ctx.append(faults.lifecycle(state, lambda at, tag: _add_unrelated(state, at, tag)))
     app.add_routes(
         [
             web.post("/v1/files", upload_file),
+            web.get("/v1/files", list_files),
             web.get("/v1/files/{file_id}", retrieve_file),
             web.delete("/v1/files/{file_id}", delete_file),
             web.get("/v1/files/{file_id}/content", file_content),

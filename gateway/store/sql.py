@@ -19,7 +19,7 @@ from gateway.instance import Instance
 from gateway.store import migrate
 from gateway.store.base import BatchRecord, FileRecord, Page, UnknownCursor, WebhookDelivery
 from gateway.store.idempotency import IdempotencyStore
-from gateway.store.migrate import Executor
+from gateway.store.migrate import Executor, Row
 from gateway.store.rows import (
     BATCH_COLS,
     FILE_COLS,
@@ -257,11 +257,17 @@ class SQLStore(IdempotencyStore, ABC):
         return Page([batch_from_row(r) for r in rows[:limit]], len(rows) > limit)
 
     async def pending_batches(self) -> list[BatchRecord]:
+        # Pending rows are never terminal: an index of active batches finds them (no ORDER
+        # BY, which would make SQLite scan the whole table in seq order instead).
         async with self._conn() as db:
-            rows = await db.fetch(f"SELECT {BATCH_COLS} FROM batches WHERE pending ORDER BY seq")
-        return [batch_from_row(r) for r in rows]
+            rows = await db.fetch(
+                f"SELECT {BATCH_COLS} FROM batches WHERE {NOT_TERMINAL} AND pending"
+            )
+        return _oldest_first(rows)
 
     async def batch_of_upstream(self, provider: str, upstream_id: str) -> str | None:
+        # No index: only creates of unknown outcome at untagged providers ask, rarely; an
+        # index would cost every create a write.
         async with self._read() as db:
             rows = await db.fetch(
                 "SELECT id FROM batches WHERE provider = ? AND upstream_id = ?",
@@ -273,11 +279,11 @@ class SQLStore(IdempotencyStore, ABC):
     async def unowned_pending_batches(self) -> list[BatchRecord]:
         async with self._conn() as db:
             rows = await db.fetch(
-                f"SELECT {BATCH_COLS} FROM batches WHERE pending AND (owner IS NULL"
-                " OR NOT EXISTS (SELECT 1 FROM instances WHERE instances.id = batches.owner))"
-                " ORDER BY seq"
+                f"SELECT {BATCH_COLS} FROM batches WHERE {NOT_TERMINAL} AND pending"
+                " AND (owner IS NULL OR NOT EXISTS"
+                " (SELECT 1 FROM instances WHERE instances.id = batches.owner))"
             )
-        return [batch_from_row(r) for r in rows]
+        return _oldest_first(rows)
 
     async def count_active_batches(self, tenant: str) -> int:
         async with self._conn() as db:
@@ -518,6 +524,10 @@ class SQLStore(IdempotencyStore, ABC):
                 "DELETE FROM rate_windows WHERE window_start < ? RETURNING window_start", before
             )
         return len(rows)
+
+
+def _oldest_first(rows: list[Row]) -> list[BatchRecord]:
+    return sorted(map(batch_from_row, rows), key=lambda r: (r.created_at, r.id))
 
 
 async def _seq(db: Executor, table: str, object_id: str, tenant: str) -> int:

@@ -14,7 +14,3 @@ CREATE TABLE instances (
 ALTER TABLE batches ADD COLUMN owner text;
 ALTER TABLE batches ADD COLUMN settle_attempts integer NOT NULL DEFAULT 0;
 UPDATE batches SET owner = 'legacy' WHERE pending;
-CREATE INDEX batches_pending ON batches (seq) WHERE pending;
--- Which gateway batch points at an upstream batch (recognising creates at providers
--- whose batches carry no tag, and the orphan sweep).
-CREATE INDEX batches_upstream ON batches (provider, upstream_id) WHERE upstream_id IS NOT NULL;

@@ -175,6 +175,10 @@ class BatchSync:
         self, record: BatchRecord, upstream: UpstreamBatch, *, only_if_changed: bool = False
     ) -> None:
         was_terminal = record.status in TERMINAL_STATUSES
+        expires_at = upstream.timestamps.get("expires_at") or record.object.get("expires_at")
+        grace = self.config.poller.expiry_grace_seconds
+        if not upstream.terminal and expires_at and time.time() > expires_at + grace:
+            upstream = await self._expire(record, upstream)
         normalized = await self._normalize(record, upstream)
         if only_if_changed and normalized == record.object:
             self._remember(record)
@@ -192,6 +196,23 @@ class BatchSync:
         if ends:
             self.events.terminal(record)
             self.batch_ended.set()
+
+    async def _expire(self, record: BatchRecord, upstream: UpstreamBatch) -> UpstreamBatch:
+        """A batch its provider never ended, well past `expires_at`: stop it there (it may
+        still be billing) and end it `expired`, with the output and counts the provider
+        last reported."""
+        provider = self._provider(record.provider)
+        try:
+            await provider.cancel_batch(upstream.id)
+            upstream = await provider.get_batch(upstream.id)
+        except ProviderError as exc:
+            log.warning("batch %s: cancel of an overdue batch failed (%s)", record.id, exc.kind)
+        upstream.status = "expired"
+        upstream.timestamps["expired_at"] = int(time.time())
+        log.warning(
+            "batch %s: past expires_at at %s; cancelled there, expired", record.id, provider.name
+        )
+        return upstream
 
     def _event(self, record: BatchRecord) -> bytes | None:
         """The webhook event for a batch that just ended (None without a webhook)."""

@@ -191,6 +191,9 @@ class PollerConfig(_Model):
     # and uploads (further back while an older create is still unsettled).
     repair_interval_seconds: float = Field(300.0, gt=0)
     repair_window_seconds: float = Field(3600.0, gt=0)
+    # A batch its provider has not ended this long after its `expires_at` is cancelled
+    # there and marked `expired` (with what output the provider has).
+    expiry_grace_seconds: float = Field(3600.0, ge=0)
     webhook_interval_seconds: float = Field(1.0, gt=0)
     # How often expired files (rows and blobs) are removed.
     sweep_interval_seconds: float = Field(60.0, gt=0)

@@ -14,16 +14,28 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 import orjson
 
-from providers.base import BaseProvider, ErrorKind, ProviderError
+from providers.base import BaseProvider, ErrorKind, ProviderError, UpstreamBatch
 from providers.pool import ConnectError, ConnectionPool
 from providers.ratelimit import retry_after_seconds
 
-_UPSTREAM_ID = re.compile(r"\b(?:file|batch|msgbatch|req|batch_req)[-_][A-Za-z0-9_-]+")
+# What a provider's message may carry that is not the gateway's to show: its upstream ids,
+# URLs, host:port pairs and addresses, organization and project ids, and API keys (its own,
+# already redacted exactly, or any other key-shaped token it echoes).
+_SCRUBBED = (
+    (re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+"), "[url]"),
+    (re.compile(r"\b(?:file|batch|msgbatch|req|batch_req)[-_][A-Za-z0-9_-]+"), "[upstream id]"),
+    (re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_-]{8,}"), "[redacted]"),
+    (re.compile(r"\borg-[A-Za-z0-9]{4,}"), "[organization]"),
+    (re.compile(r"\bproj_[A-Za-z0-9]{4,}"), "[project]"),
+    (re.compile(r"\[[0-9A-Fa-f:]+\](?::\d{1,5})?"), "[host]"),
+    (re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?\b"), "[host]"),
+    (re.compile(r"\b(?:[A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*:\d{2,5}\b"), "[host]"),
+)
 CHUNK = 256 * 1024
 # How much of a streamed download may wait in the client's buffer before reading
 # pauses (aiohttp's default, 64 KiB, pauses the socket after every read).
@@ -114,6 +126,7 @@ class HTTPProvider(BaseProvider):
         self.base_url = base_url.rstrip("/")
         self._headers = headers
         self._secrets = tuple(s for s in (*secrets, self.base_url) if s)
+        self._host = urlsplit(self.base_url).hostname or ""
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
@@ -141,9 +154,19 @@ class HTTPProvider(BaseProvider):
             await self._session.close()
 
     def scrub(self, text: str) -> str:
+        """A provider's message made safe for a client and a log line."""
         for secret in self._secrets:
             text = text.replace(secret, "[redacted]")
-        return _UPSTREAM_ID.sub("[upstream id]", text)[:1000]
+        for pattern, replacement in _SCRUBBED:
+            text = pattern.sub(replacement, text)
+        return text.replace(self._host, "[host]")[:1000] if self._host else text[:1000]
+
+    def scrub_batch(self, batch: UpstreamBatch) -> UpstreamBatch:
+        """The batch with its `errors` messages scrubbed like any relayed message."""
+        for error in batch.errors or ():
+            if isinstance(error.get("message"), str):
+                error["message"] = self.scrub(error["message"])
+        return batch
 
     async def request_raw(
         self,

@@ -188,6 +188,9 @@ class OpenAICompatProvider(HTTPProvider):
             read_timeout=read_timeout,
         )
 
+    def _batch(self, data: Mapping[str, Any]) -> UpstreamBatch:
+        return self.scrub_batch(parse_batch(data))
+
     async def upload_file(self, file: InputFile) -> str:
         # A local file goes with its length; a remote blob (S3) streams through, chunked.
         if file.path is not None:
@@ -212,26 +215,26 @@ class OpenAICompatProvider(HTTPProvider):
             body["metadata"] = metadata
         if request.output_expires_after:
             body["output_expires_after"] = request.output_expires_after
-        return parse_batch(await self.request_json("POST", "/batches", json=body))
+        return self._batch(await self.request_json("POST", "/batches", json=body))
 
     async def get_batch(self, upstream_id: str) -> UpstreamBatch:
-        return parse_batch(await self.request_json("GET", f"/batches/{path_id(upstream_id)}"))
+        return self._batch(await self.request_json("GET", f"/batches/{path_id(upstream_id)}"))
 
     async def cancel_batch(self, upstream_id: str) -> UpstreamBatch:
         data = await self.request_json("POST", f"/batches/{path_id(upstream_id)}/cancel")
-        return parse_batch({"id": upstream_id, **data})
+        return self._batch({"id": upstream_id, **data})
 
     async def find_batch(self, gateway_batch_id: str, since: int) -> UpstreamBatch | None:
         async for item in self._listed("/batches", since, {"limit": "100"}):
             if _tag(item) == gateway_batch_id:
-                return parse_batch(item)
+                return self._batch(item)
         return None
 
     async def tagged_batches(self, since: int) -> list[tuple[str, UpstreamBatch]]:
         found = []
         async for item in self._listed("/batches", since, {"limit": "100"}):
             if (tag := _tag(item)) is not None:
-                found.append((tag, parse_batch(item)))
+                found.append((tag, self._batch(item)))
         return found
 
     async def tagged_files(self, since: int) -> list[tuple[str, str]]:

@@ -152,8 +152,10 @@ class Transfers(Harness):
                         cpu = gw.proc.cpu_seconds() - cpu0
                 finally:
                     self.stop(gw)
-                if status != 200 or (name != LOCAL and n != size):
-                    raise RuntimeError(f"gateway download failed: {status}, {n} of {size} bytes")
+                # Provider files reach clients rewritten into OpenAI's line shape, with
+                # gateway ids: about the provider's size, never exactly.
+                if status != 200 or (name != LOCAL and not 0.9 * size <= n <= 1.2 * size):
+                    raise RuntimeError(f"gateway download failed: {status}, {n} of ~{size} bytes")
                 measured[name].append(
                     {"bytes": n, "seconds": seconds, "gateway_cpu_seconds": cpu, **mem}
                 )

@@ -16,10 +16,9 @@ from aiohttp import web
 
 from gateway import __version__, instance, metrics, openapi
 from gateway.api import SERVICE, json_response
-from gateway.api import batches as batches_api
-from gateway.api import files as files_api
+from gateway.api.routes import add_routes
 from gateway.auth import Authenticator
-from gateway.blobs import open_blobs
+from gateway.blobs import Blobs, open_blobs
 from gateway.config import Config, ConfigError, load_config
 from gateway.errors import error_middleware
 from gateway.keeper import OutputKeeper
@@ -28,7 +27,7 @@ from gateway.observe import observe_middleware
 from gateway.poller import Poller
 from gateway.routing import Router
 from gateway.service import GatewayService
-from gateway.store import open_store
+from gateway.store import Store, open_store
 from gateway.webhooks import WebhookSender
 from providers.base import Provider
 from providers.registry import build_provider
@@ -43,6 +42,11 @@ _RETIRED = web.AppKey("retired", list[Provider])
 PRIMARY = web.AppKey("primary", bool)
 AUTH = web.AppKey("auth", Authenticator)
 POLLER = web.AppKey("poller", Poller)
+STORE = web.AppKey("store", Store)
+BLOBS = web.AppKey("blobs", Blobs)
+INSTANCE = web.AppKey("instance", instance.Instance)
+_PROVIDERS = web.AppKey("providers", dict[str, ResilientProvider])
+_CRASHED = web.AppKey("crashed", bool)
 
 # Passed to aiohttp's server (run_app and the tests): request lines up to 16 KiB reach
 # the handlers, so an over-long id gets the JSON error envelope rather than aiohttp's
@@ -124,24 +128,66 @@ def reload_config(app: web.Application) -> bool:
     return True
 
 
-async def _resources(app: web.Application) -> AsyncIterator[None]:
-    config = app[SERVICE_CONFIG]
-    store = await open_store(config.store.url)
+# One cleanup context per resource, as aiohttp's own examples do: each closes its own
+# resource, and aiohttp runs every cleanup (in reverse order) even when one raises, so a
+# provider whose close() fails still leaves the blob store and the store closed.
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
+    store = await open_store(app[SERVICE_CONFIG].store.url)
+    app[STORE] = store
     app[AUTH].limiter = StoreWindow(store)  # limits shared by workers and replicas
-    try:
-        blobs = await open_blobs(config.blobs)
-    except BaseException:
-        await store.close()
-        raise
+    yield
+    await store.close()
+
+
+async def _instance(app: web.Application) -> AsyncIterator[None]:
+    """This process's instance: owner of its pending creates and leases."""
+    store, pc = app[STORE], app[SERVICE_CONFIG].poller
     me = instance.start()
-    pc = config.poller
+    app[INSTANCE] = me
     await store.register_instance(me)
     # A predecessor that is provably gone (same host, pid gone) hands over at once.
-    crashed = await instance.reap(store, time.time(), pc.instance_timeout_seconds)
-    providers = build_providers(config)
+    app[_CRASHED] = bool(await instance.reap(store, time.time(), pc.instance_timeout_seconds))
+    heartbeat = asyncio.create_task(
+        instance.keep_alive(store, me, pc.heartbeat_seconds, pc.instance_timeout_seconds)
+    )
+    yield
+    heartbeat.cancel()
+    with suppress(asyncio.CancelledError):
+        await heartbeat
+    instance.stop(me.id)
+    with suppress(Exception):  # the store may be failing; then the heartbeat runs out
+        await store.forget_instance(me.id)
+
+
+async def _blobs(app: web.Application) -> AsyncIterator[None]:
+    app[BLOBS] = await open_blobs(app[SERVICE_CONFIG].blobs)
+    yield
+    await app[BLOBS].close()
+
+
+async def _providers(app: web.Application) -> AsyncIterator[None]:
+    """The providers of the running config, and those a reload retired."""
+    app[_PROVIDERS] = build_providers(app[SERVICE_CONFIG])
+    app[_RETIRED] = []
+    yield
+    service = app.get(SERVICE)
+    running = service.providers.values() if service is not None else app[_PROVIDERS].values()
+    for provider in [*running, *app[_RETIRED]]:
+        try:
+            await provider.close()
+        except Exception as exc:  # the others still close
+            log.error("provider %s did not close: %s", provider.name, type(exc).__name__)
+
+
+async def _service(app: web.Application) -> AsyncIterator[None]:
+    """The use cases and the background work of the primary process."""
+    config, store = app[SERVICE_CONFIG], app[STORE]
+    providers, me = app[_PROVIDERS], app[INSTANCE]
     service = GatewayService(
         store=store,
-        blobs=blobs,
+        blobs=app[BLOBS],
         providers=providers,
         router=Router(config, providers),
         config=config,
@@ -149,51 +195,34 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         instance_id=me.id,
     )
     webhooks = WebhookSender(store, config.webhooks)
-    poller = Poller(service, pc, webhooks, owner=me.id)
-    if crashed or await store.pending_batches():
+    poller = Poller(service, config.poller, webhooks, owner=me.id)
+    if app[_CRASHED] or await store.pending_batches():
         poller.repair_soon()  # what a crash left behind is repaired at once
     app[SERVICE] = service
     app[POLLER] = poller
     app[_BACKGROUND] = background = set()
-    retired: list[Provider] = []
-    app[_RETIRED] = retired
-    try:
-        background.add(
-            asyncio.create_task(
-                instance.keep_alive(store, me, pc.heartbeat_seconds, pc.instance_timeout_seconds)
-            )
-        )
-        if app[PRIMARY] and not pc.enabled:
-            # Without a poller nothing else settles what a predecessor left; in the
-            # background, so that a busy provider account does not delay serving.
-            background.add(asyncio.create_task(_settle(service)))
-        if config.poller.enabled and app[PRIMARY]:
-            background.add(asyncio.create_task(poller.run()))
-        if config.blobs.keep_provider_outputs and app[PRIMARY]:
-            keeper = OutputKeeper(service, poller.owner, config.poller.lease_seconds)
-            background.add(asyncio.create_task(keeper.run()))
-        loop = asyncio.get_running_loop()
-        if CONFIG_PATH in app:
-            with suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signal.SIGHUP, reload_config, app)
-        yield
-    finally:
-        with suppress(NotImplementedError, RuntimeError, ValueError):
-            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-        for task in background:
-            task.cancel()
-        for task in list(background):
-            with suppress(asyncio.CancelledError):
-                await task
-        await poller.stop()
-        await webhooks.close()
-        for provider in [*service.providers.values(), *retired]:
-            await provider.close()
-        await blobs.close()
-        instance.stop(me.id)
-        with suppress(Exception):  # the store may be failing; then the heartbeat runs out
-            await store.forget_instance(me.id)
-        await store.close()
+    if app[PRIMARY] and not config.poller.enabled:
+        # Without a poller nothing else settles what a predecessor left; in the
+        # background, so that a busy provider account does not delay serving.
+        background.add(asyncio.create_task(_settle(service)))
+    if config.poller.enabled and app[PRIMARY]:
+        background.add(asyncio.create_task(poller.run()))
+    if config.blobs.keep_provider_outputs and app[PRIMARY]:
+        keeper = OutputKeeper(service, poller.owner, config.poller.lease_seconds)
+        background.add(asyncio.create_task(keeper.run()))
+    if CONFIG_PATH in app:
+        with suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_config, app)
+    yield
+    with suppress(NotImplementedError, RuntimeError, ValueError):
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+    for task in background:
+        task.cancel()
+    for task in list(background):
+        with suppress(asyncio.CancelledError):
+            await task
+    await poller.stop()
+    await webhooks.close()
 
 
 async def _settle(service: GatewayService) -> None:
@@ -234,11 +263,6 @@ def create_app(
     app[AUTH] = auth
     if config_path is not None:
         app[CONFIG_PATH] = config_path
-    app.cleanup_ctx.append(_resources)
-    files_api.add_routes(app)
-    batches_api.add_routes(app)
-    app.router.add_get("/health/live", live)
-    app.router.add_get("/health/ready", ready)
-    app.router.add_get("/metrics", metrics.metrics_handler)
-    app.router.add_get("/openapi.json", openapi_json)
+    app.cleanup_ctx.extend((_store, _instance, _blobs, _providers, _service))
+    add_routes(app)
     return app

@@ -22,6 +22,7 @@ from aiohttp import web
 from gateway.config import AuthConfig, KeyConfig
 from gateway.errors import Handler, InvalidRequest, PermissionDenied, Unauthorized, rate_limited
 from gateway.limits import RateLimiter
+from gateway.logs import route_of
 
 OPEN_TENANT = "default"
 TENANT = web.RequestKey("tenant", str)
@@ -89,9 +90,7 @@ class Authenticator:
 
     def _as_admin(self, request: web.Request) -> str:
         """The tenant an admin request acts on; only the read routes are allowed."""
-        resource = request.match_info.route.resource
-        route = (request.method, resource.canonical if resource is not None else "")
-        if route not in ADMIN_ROUTES:
+        if (request.method, route_of(request)) not in ADMIN_ROUTES:
             raise PermissionDenied(
                 "The admin key may only list and retrieve files and batches.",
                 code="admin_read_only",

@@ -44,11 +44,11 @@ class BatchView:
 
 
 TERMINAL_CACHE_SIZE = 10_000
-ROUTE_CACHE_SIZE = 20_000
+LOCATION_CACHE_SIZE = 20_000
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
+class Location:
     """Where an active batch lives. Fixed once its create completed, so safe to keep."""
 
     tenant: str
@@ -63,9 +63,9 @@ class BatchSync:
     providers: Mapping[str, Provider]
     _refreshing: dict[str, asyncio.Future[BatchView]]
     _refreshed_at: dict[str, float]
-    # Active batches' routes by id, oldest first: a retrieve of one of them asks the
+    # Active batches' locations by id, oldest first: a retrieve of one of them asks the
     # provider first and reads the row while that call is in flight.
-    _routes: dict[str, Route]
+    _locations: dict[str, Location]
     batch_ended: asyncio.Event
 
     # Both refreshes are written out rather than sharing a wrapper coroutine: one more
@@ -84,17 +84,17 @@ class BatchSync:
             raise
         return self._landed(record.id, future, view)
 
-    async def refresh_routed(
-        self, batch_id: str, route: Route, load: Callable[[], Awaitable[BatchRecord]]
+    async def refresh_located(
+        self, batch_id: str, where: Location, load: Callable[[], Awaitable[BatchRecord]]
     ) -> BatchView:
-        """refresh() of a batch whose route is known, with `load` reading its row
+        """refresh() of a batch whose location is known, with `load` reading its row
         during the provider call rather than before it."""
         running = self._refreshing.get(batch_id)
         if running is not None:
             return await asyncio.shield(running)
         future = self._take_off(batch_id)
         try:
-            view = await self._refresh_routed(route, load)
+            view = await self._refresh_located(where, load)
         except BaseException as exc:
             self._crashed(batch_id, future, exc)
             raise
@@ -132,12 +132,12 @@ class BatchSync:
         await self._apply(record, upstream, only_if_changed=True)
         return BatchView(record.object)
 
-    async def _refresh_routed(
-        self, route: Route, load: Callable[[], Awaitable[BatchRecord]]
+    async def _refresh_located(
+        self, where: Location, load: Callable[[], Awaitable[BatchRecord]]
     ) -> BatchView:
         row = asyncio.ensure_future(load())  # runs while this task waits on the provider
         try:
-            upstream = await self._provider(route.provider).get_batch(route.upstream_id)
+            upstream = await self._provider(where.provider).get_batch(where.upstream_id)
         except ProviderError as exc:
             return self._stale(await row, exc)
         except BaseException:
@@ -147,7 +147,7 @@ class BatchSync:
             raise
         record = await row
         if record.status in TERMINAL_STATUSES:  # ended by another process meanwhile
-            self._routes.pop(record.id, None)
+            self._locations.pop(record.id, None)
             return BatchView(record.object)
         await self._apply(record, upstream, only_if_changed=True)
         return BatchView(record.object)
@@ -164,12 +164,14 @@ class BatchSync:
 
     def _remember(self, record: BatchRecord) -> None:
         if record.status in TERMINAL_STATUSES:
-            self._routes.pop(record.id, None)
+            self._locations.pop(record.id, None)
         elif record.upstream_id is not None and not record.pending:
-            if record.id not in self._routes:
-                self._routes[record.id] = Route(record.tenant, record.provider, record.upstream_id)
-                if len(self._routes) > ROUTE_CACHE_SIZE:
-                    self._routes.pop(next(iter(self._routes)))
+            if record.id not in self._locations:
+                self._locations[record.id] = Location(
+                    record.tenant, record.provider, record.upstream_id
+                )
+                if len(self._locations) > LOCATION_CACHE_SIZE:
+                    self._locations.pop(next(iter(self._locations)))
 
     async def _apply(
         self, record: BatchRecord, upstream: UpstreamBatch, *, only_if_changed: bool = False
@@ -257,12 +259,18 @@ class BatchSync:
                 obj[key] = await self._output_file(record, upstream_file, key)
         return obj
 
-    async def _output_file(self, record: BatchRecord, upstream_file: str, key: str) -> str:
-        """The gateway file id for a provider's output/error file, made on first sight."""
+    async def _output_file(self, record: BatchRecord, upstream_file: str, key: str) -> str | None:
+        """The gateway file id for a provider's output/error file, made on first sight.
+
+        None for a file the provider says is empty (llama-stack names an empty error
+        file when no line failed): OpenAI leaves the field null then, and no row is made.
+        """
         existing = await self.store.find_file_by_upstream(record.provider, upstream_file)
         if existing is not None:
             return existing.id
         info = await self._provider(record.provider).get_file(upstream_file)
+        if info.bytes == 0:
+            return None
         now = int(time.time())
         ttl = record.output_ttl
         kind = "output" if key == "output_file_id" else "error"
@@ -271,7 +279,7 @@ class BatchSync:
             tenant=record.tenant,
             purpose="batch_output",
             filename=f"{record.id}_{kind}.jsonl",
-            bytes=info.bytes,
+            bytes=info.bytes or 0,
             created_at=now,
             expires_at=now + ttl if ttl else None,
             provider=record.provider,

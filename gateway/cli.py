@@ -1,4 +1,4 @@
-"""`batch-gateway serve | check-config | demo | hash-key`."""
+"""`batch-gateway serve | check-config | demo | hash-key | leftovers`."""
 
 from __future__ import annotations
 
@@ -92,6 +92,33 @@ def hash_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def leftovers(args: argparse.Namespace) -> int:
+    """What is still at each provider although the gateway asked for its deletion."""
+    import asyncio
+    import time
+
+    from gateway.store import open_store
+
+    async def read() -> list[str]:
+        store = await open_store(_load(args.config).store.url)
+        try:
+            rows = await store.leftovers()
+        finally:
+            await store.close()
+        lines = [f"{'provider':<16} {'what':<7} {'attempts':>8}  {'last error':<12} upstream id"]
+        for row in rows:
+            error = row.last_error or "-"
+            lines.append(
+                f"{row.provider:<16} {row.what:<7} {row.attempts:>8}  {error:<12} {row.upstream_id}"
+            )
+        waiting = sum(1 for row in rows if row.next_attempt_at > time.time())
+        lines.append(f"{len(rows)} copies left at providers ({waiting} waiting for a retry)")
+        return lines
+
+    print("\n".join(asyncio.run(read())))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="batch-gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("hash-key", help="print the SHA-256 of a gateway key for config.yaml")
     p.add_argument("key", nargs="?")
     p.set_defaults(func=hash_key)
+
+    p = sub.add_parser("leftovers", help="list copies still to be deleted at providers")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.set_defaults(func=leftovers)
 
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -169,7 +170,8 @@ class WebhookConfig(_Model):
 
 class LoggingConfig(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["json", "text"] = "json"
+    # None ("auto"): JSON lines, or short text lines when stderr is a terminal.
+    format: Literal["json", "text"] | None = None
     # One line per request (method, route, status, duration) at INFO.
     access_log: bool = True
 
@@ -212,6 +214,15 @@ class LimitsConfig(_Model):
 Endpoint = Literal[ALL_ENDPOINTS]  # type: ignore[valid-type]
 
 
+class RetentionConfig(_Model):
+    """What the gateway deletes at the provider once it no longer needs it."""
+
+    # The provider's copy of an input file, once no batch there still runs from it.
+    delete_inputs: bool = True
+    # Output and error files, once the gateway holds its copy (blobs.keep_provider_outputs).
+    delete_outputs: bool = True
+
+
 class _ProviderBase(_Model):
     endpoints: tuple[Endpoint, ...] | None = None
     connect_timeout_seconds: float = Field(10.0, gt=0)
@@ -222,8 +233,39 @@ class _ProviderBase(_Model):
     max_concurrency: int = Field(64, ge=1)
     breaker_failures: int = Field(5, ge=1)
     breaker_cooldown_seconds: float = Field(30.0, ge=0)
+    retention: RetentionConfig = RetentionConfig()
+    # An http:// proxy (credentials may be in it) for every call to this provider; unset,
+    # HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment apply.
+    proxy: str | None = None
+    # A PEM bundle trusted instead of the system store (curl's --cacert).
+    ca_file: Path | None = None
+    # false: any certificate is accepted (warned about at every start).
+    tls_verify: bool = True
     # Set by the loader, not by users: why a provider is out of routing.
     disabled_reason: str | None = Field(None, exclude=True)
+
+    @field_validator("proxy")
+    @classmethod
+    def _http_proxy(cls, value: str | None) -> str | None:
+        # The messages never repeat the value: it may hold the proxy's password.
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError("not a valid URL") from None
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError("must be an http://host:port URL (https:// proxies are not supported)")
+        if parts.path.strip("/") or parts.query or parts.fragment:
+            raise ValueError("must be an http://host:port URL, without a path")
+        return value
+
+    @model_validator(mode="after")
+    def _verify_or_ca(self) -> _ProviderBase:
+        if self.ca_file is not None and not self.tls_verify:
+            raise ValueError("set ca_file or tls_verify: false, not both")
+        return self
 
 
 class SandboxProviderConfig(_ProviderBase):
@@ -398,6 +440,19 @@ def _resolve(base: Path, path: Path) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
 
+def _ca_file(name: str, path: Path) -> Path:
+    """Read now, so a missing or broken bundle is a config error, not a failed start."""
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except OSError as exc:  # ssl.SSLError included
+        ssl_error = isinstance(exc, ssl.SSLError)
+        problem = "not a PEM bundle of certificates" if ssl_error else exc.strerror
+        raise ConfigError(
+            f"config is invalid:\n  providers.{name}.ca_file: cannot use {path}: {problem}"
+        ) from None
+    return path
+
+
 def parse_config(raw: Any, base_dir: Path) -> Config:
     """Validate an already loaded YAML tree; raises ConfigError naming the bad path."""
     if not isinstance(raw, dict):
@@ -429,6 +484,8 @@ def parse_config(raw: Any, base_dir: Path) -> Config:
         updates: dict[str, Any] = {"disabled_reason": reason}
         if "dir" in type(provider).model_fields:
             updates["dir"] = _resolve(base_dir, provider.dir)  # type: ignore[union-attr]
+        if provider.ca_file is not None:
+            updates["ca_file"] = _ca_file(name, _resolve(base_dir, provider.ca_file))
         providers[name] = provider.model_copy(update=updates)
 
     _check_references(config, providers)

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from gateway.logs import request_id
+from gateway.logs import request_id, route_of
 from providers.base import ProviderError
 
 log = logging.getLogger("gateway.errors")
@@ -189,10 +189,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception as exc:  # the last line of defence: never a stack trace to a client
         if _client_gone(request):
             # The caller hung up mid-request (e.g. during an upload): nobody to answer.
-            log.info("client disconnected during %s %s", request.method, _safe_path(request))
+            log.info("client disconnected during %s %s", request.method, route_of(request))
             return web.Response(status=499)
         log.error(
-            "unhandled error on %s %s: %s", request.method, _safe_path(request), type(exc).__name__
+            "unhandled error on %s %s: %s", request.method, route_of(request), type(exc).__name__
         )
         error = InternalError("The gateway had an internal error; it has been logged.")
     headers = dict(error.headers)
@@ -207,12 +207,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 def _client_gone(request: web.Request) -> bool:
     transport = request.transport
     return transport is None or transport.is_closing()
-
-
-def _safe_path(request: web.Request) -> str:
-    """The route's pattern, not the raw path: hostile ids stay out of log lines."""
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "<unmatched>"
 
 
 async def _answer_and_close(request: web.Request, response: web.Response) -> None:

@@ -25,3 +25,6 @@ class ServiceEvents:
 
     def repaired(self, provider: str, kind: str, action: str) -> None:
         return None
+
+    def provider_deletion(self, provider: str, outcome: str) -> None:
+        return None

@@ -8,20 +8,26 @@ answers exactly like an unknown one.
 from __future__ import annotations
 
 import hashlib
+import logging
+import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import asynccontextmanager, suppress
 
 from gateway import ids
-from gateway.blobs import Blobs
-from gateway.config import KeyConfig, LimitsConfig
+from gateway.blobs import Blobs, BlobWriter
+from gateway.config import Config, KeyConfig, LimitsConfig
 from gateway.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, QuotaExceeded
 from gateway.events import ServiceEvents
 from gateway.jsonl import JSONLError, JSONLValidator, TooLarge
-from gateway.store import FileRecord, Page, Store
+from gateway.result_lines import normalize
+from gateway.store import BatchRecord, FileRecord, Page, Store
 from gateway.store.base import UnknownCursor
 from gateway.sweeper import sweep_expired
 from gateway.wire import ExpiresAfter
-from providers.base import ByteStream, Provider
+from providers.base import TERMINAL_STATUSES, ByteStream, Provider
+
+log = logging.getLogger("gateway.files")
 
 BATCH_FILE_TTL = 30 * 86_400  # OpenAI's default expiry for purpose=batch uploads
 
@@ -34,6 +40,7 @@ def no_such(kind: str, object_id: str, param: str | None = None) -> NotFound:
 class FileUseCases:
     store: Store
     blobs: Blobs
+    config: Config
     limits: LimitsConfig
     providers: Mapping[str, Provider]
     events: ServiceEvents
@@ -149,7 +156,8 @@ class FileUseCases:
             await self.blobs.delete(record.blob)
 
     async def open_content(self, tenant: str, file_id: str) -> FileRecord | ByteStream:
-        """A record whose bytes are a blob of ours, or the provider's byte stream."""
+        """A record whose bytes are a blob of ours, or the provider's bytes as a stream
+        (a remote provider's result file rewritten into OpenAI lines as it passes)."""
         record = await self.get_file(tenant, file_id)
         if record.blob:
             return record
@@ -159,7 +167,42 @@ class FileUseCases:
                 "The provider holding this file is not configured any more.",
                 code="provider_unavailable",
             )
-        return provider.open_file_content(record.upstream_id)
+        if not (provider.remote_files and record.purpose == "batch_output"):
+            # A local provider's files are written by the gateway, already OpenAI lines.
+            return provider.open_file_content(record.upstream_id)
+        batch = await self._batch_of(record)
+        stream = self._normalized(provider, record, batch)
+        ended = batch is not None and batch.status in TERMINAL_STATUSES
+        if ended and self.config.blobs.keep_provider_outputs:
+            # Not kept yet (the keeper is on its way): this download keeps it, so the
+            # file's `bytes` match what the client got once the download ends.
+            return _kept_while_relayed(self, stream, record)
+        return stream
+
+    async def normalized_content(self, provider: Provider, record: FileRecord) -> ByteStream:
+        """A remote provider's output/error file as OpenAI lines with gateway ids only.
+
+        Used for relayed downloads and by the keeper, so both give the same bytes; ids
+        the provider mentions in error messages (its batch and file ids) become ours.
+        """
+        return self._normalized(provider, record, await self._batch_of(record))
+
+    async def _batch_of(self, record: FileRecord) -> BatchRecord | None:
+        return await self.store.get_batch(record.batch_id) if record.batch_id else None
+
+    def _normalized(
+        self, provider: Provider, record: FileRecord, batch: BatchRecord | None
+    ) -> ByteStream:
+        assert record.upstream_id is not None
+        swap = {record.upstream_id: record.id}
+        if batch is not None and batch.upstream_id:
+            swap[batch.upstream_id] = batch.id
+        return _rewritten(
+            provider.open_file_content(record.upstream_id),
+            record.batch_id or record.id,
+            record.id,
+            swap,
+        )
 
     async def sweep_expired(self, now: float | None = None) -> int:
         """Remove expired files (rows, and blobs the gateway holds); returns how many."""
@@ -175,6 +218,82 @@ class FileUseCases:
         if left <= 0:
             raise _storage_quota()
         return left
+
+
+@asynccontextmanager
+async def _rewritten(
+    stream: ByteStream, batch_id: str, file_id: str, swap: dict[str, str]
+) -> AsyncIterator[AsyncIterator[bytes]]:
+    """`stream` with its chunks rewritten; entering it still performs the request."""
+    async with stream as chunks:
+        lines = normalize(chunks, batch_id, file_id, swap)
+        try:
+            yield lines
+        finally:
+            await lines.aclose()
+
+
+@asynccontextmanager
+async def _kept_while_relayed(
+    files: FileUseCases, stream: ByteStream, record: FileRecord
+) -> AsyncIterator[AsyncIterator[bytes]]:
+    """`stream`, written to a blob as it passes and kept as the file's copy if it ends."""
+    async with stream as chunks:
+        tee = _tee(files, chunks, record)
+        try:
+            yield tee
+        finally:
+            await tee.aclose()
+
+
+async def _tee(
+    files: FileUseCases, chunks: AsyncIterator[bytes], record: FileRecord
+) -> AsyncGenerator[bytes, None]:
+    """The chunks as they come; the copy never fails the download. A key of its own, as
+    the keeper's: whichever copy lands first is kept, the other is deleted."""
+    key = f"{record.id}.{secrets.token_hex(4)}"
+    writer: BlobWriter | None = None
+    try:
+        writer = files.blobs.writer(key)
+    except Exception as exc:  # no staging space: relay only, the keeper copies later
+        _copy_failed(record, exc)
+    size = 0
+    try:
+        async for chunk in chunks:
+            if writer is not None:
+                try:
+                    await writer.write(chunk)
+                except Exception as exc:
+                    _copy_failed(record, exc)
+                    await _abort(writer)
+                    writer = None
+            size += len(chunk)
+            yield chunk
+    except BaseException:  # the client left or the provider broke off: no copy
+        if writer is not None:
+            await _abort(writer)
+        raise
+    if writer is not None:
+        try:
+            await writer.commit()
+            if await files.store.set_file_blob(record.id, key, size):
+                files.events.file_bytes("kept", size)
+                return
+        except Exception as exc:
+            _copy_failed(record, exc)
+            await _abort(writer)
+        # Kept by the keeper (or another download) meanwhile, deleted, or failed.
+        with suppress(Exception):
+            await files.blobs.delete(key)
+
+
+def _copy_failed(record: FileRecord, exc: Exception) -> None:
+    log.warning("copy of %s while relaying failed (%s)", record.id, type(exc).__name__)
+
+
+async def _abort(writer: BlobWriter) -> None:
+    with suppress(Exception):
+        await writer.abort()
 
 
 def _storage_quota() -> QuotaExceeded:

@@ -6,6 +6,11 @@ sent from the gateway's disk at close to loopback speed instead of being
 relayed, and keep working while the provider is down or after it has dropped
 the file. One replica copies at a time (the store's "keeper" lease); a copy
 that fails is tried again later, with backoff.
+
+A copy is the file rewritten into OpenAI batch lines carrying gateway ids only
+(`gateway.result_lines`), and its row's `bytes` become the rewritten size. A file
+the provider sized as non-empty (a placeholder size) that turns out empty is kept
+as an empty file: its id is already in the batch object clients have seen.
 """
 
 from __future__ import annotations
@@ -103,7 +108,7 @@ class OutputKeeper:
         # A key of its own: a replica that lost the lease mid-copy may copy it too.
         key = f"{record.id}.{secrets.token_hex(4)}"
         try:
-            size = await self._copy(provider, record.upstream_id, key)
+            size = await self._copy(provider, record, key)
         except Exception as exc:  # the provider, the disk or the bucket: all retried later
             failures = self._retry.get(record.id, (0, 0.0))[0] + 1
             delay = backoff_seconds(
@@ -120,12 +125,16 @@ class OutputKeeper:
         svc.events.file_bytes("kept", size)
         return True
 
-    async def _copy(self, provider: Provider, upstream_id: str, key: str) -> int:
-        """The provider's file into blob `key`, all or nothing; returns its size."""
+    async def _copy(self, provider: Provider, record: FileRecord, key: str) -> int:
+        """The provider's file into blob `key`, all or nothing; returns its size.
+
+        The copy is rewritten into OpenAI lines with gateway ids on the way
+        (`gateway.result_lines`), once, so downloads send the blob as it is.
+        """
         writer = self.service.blobs.writer(key)
         size = 0
         try:
-            async with provider.open_file_content(upstream_id) as chunks:
+            async with await self.service.normalized_content(provider, record) as chunks:
                 async for chunk in chunks:
                     await writer.write(chunk)
                     size += len(chunk)

@@ -1,8 +1,9 @@
-"""Structured JSON logs, each line about a request carrying its request id.
+"""Logs on stderr, each line about a request carrying its request id.
 
-The request id lives in a ContextVar set by the request-id middleware, so every
-log call made while handling a request (service, providers, store) is tagged
-without passing it around.
+JSON lines for machines by default; short text lines for a person when stderr is
+a terminal (`logging.format` forces either). The request id lives in a ContextVar
+set by the request-id middleware, so every log call made while handling a
+request (service, providers, store) is tagged without passing it around.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Literal, TextIO
 
 import orjson
 from aiohttp import web
@@ -51,15 +52,52 @@ class JSONFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
-def configure(level: str = "INFO", fmt: str = "json") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+class TextFormatter(logging.Formatter):
+    """One short line for a person: local time, level, request id, message (+ duration).
+
+    Like the JSON lines, an exception shows as its type only: a traceback can hold
+    paths and secrets.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        parts = [f"{stamp}.{int(record.msecs):03d}", f"{record.levelname:<7}"]
+        rid = getattr(record, "request_id", None)
+        if rid:
+            parts.append(f"[{rid}]")
+        parts.append(record.getMessage())
+        duration = getattr(record, "duration_ms", None)  # access lines
+        if duration is not None:
+            parts.append(f"{duration} ms")
+        if record.exc_info and record.exc_info[0] is not None:
+            parts.append(f"({record.exc_info[0].__name__})")
+        return " ".join(parts)
+
+
+LogFormat = Literal["json", "text"]
+
+
+def choose_format(fmt: LogFormat | None, stream: TextIO) -> LogFormat:
+    """`fmt` when set; else ("auto") text on a terminal, JSON lines anywhere else."""
+    if fmt is not None:
+        return fmt
+    try:
+        return "text" if stream.isatty() else "json"
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return "json"
+
+
+def configure(
+    level: str = "INFO", fmt: LogFormat | None = None, stream: TextIO | None = None
+) -> None:
+    """Send every record to `stream` (stderr) in the chosen format, with its request id."""
+    stream = sys.stderr if stream is None else stream
+    handler = logging.StreamHandler(stream)
     handler.addFilter(RequestIdFilter())
-    if fmt == "json":
+    if choose_format(fmt, stream) == "json":
         handler.setFormatter(JSONFormatter())
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
-        )
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -24,6 +24,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
 )
@@ -32,6 +33,11 @@ from gateway import __version__
 from gateway.events import ServiceEvents
 from gateway.store.base import BatchRecord
 from providers.base import ALL_ENDPOINTS, BATCH_STATUSES, TERMINAL_STATUSES
+
+# No `*_created` series per counter and histogram child: in the text format each is one more
+# series holding only a start timestamp, and multiprocess mode has none, so without them one
+# process and `serve --workers N` expose the same series.
+disable_created_metrics()
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 COMPLETION_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 43200, 86400)
@@ -131,6 +137,11 @@ UPSTREAM_REPAIRS = Counter(
     "Upstream batches and uploads the orphan sweep attached, cancelled or deleted",
     ["provider", "kind", "action"],
 )
+PROVIDER_DELETIONS = Counter(
+    "gateway_provider_deletions_total",
+    "Copies deleted at providers by retention (outcome: deleted, failed)",
+    ["provider", "outcome"],
+)
 BUILD_INFO = Gauge(
     "gateway_build_info", "Version of the running gateway", ["version"], multiprocess_mode="max"
 )
@@ -150,6 +161,8 @@ def initialize(providers: Iterable[str]) -> None:
             BATCHES_TERMINAL.labels(provider, status)
         for result in ("completed", "failed"):
             BATCH_REQUESTS.labels(provider, result)
+        for outcome in ("deleted", "failed"):
+            PROVIDER_DELETIONS.labels(provider, outcome)
         for kind, action in REPAIRS_DONE:
             UPSTREAM_REPAIRS.labels(provider, kind, action)
         for operation in OPERATIONS:
@@ -175,7 +188,7 @@ class UpstreamMetrics:
             )
         children[0].inc()
         children[1].observe(seconds)
-        addupstream_wait(seconds)
+        add_upstream_wait(seconds)
 
     def retry(self, provider: str, operation: str) -> None:
         UPSTREAM_RETRIES.labels(provider, operation).inc()
@@ -207,6 +220,9 @@ class BatchMetrics(ServiceEvents):
             ended = record.object.get("completed_at") or int(time.time())
             BATCH_COMPLETION.labels(record.provider).observe(max(0, ended - record.created_at))
 
+    def provider_deletion(self, provider: str, outcome: str) -> None:
+        PROVIDER_DELETIONS.labels(provider, outcome).inc()
+
     def repaired(self, provider: str, kind: str, action: str) -> None:
         UPSTREAM_REPAIRS.labels(provider, kind, action).inc()
 
@@ -237,7 +253,7 @@ def set_batch_gauges(
 upstream_wait: ContextVar[list[float] | None] = ContextVar("upstream_wait", default=None)
 
 
-def addupstream_wait(seconds: float) -> None:
+def add_upstream_wait(seconds: float) -> None:
     waited = upstream_wait.get()
     if waited is not None:
         waited[0] += seconds

@@ -1,190 +1,28 @@
 """The gateway's OpenAPI 3.1 document, served at /openapi.json.
 
-It describes exactly the routes `create_app` registers (a test keeps the two in
-sync) with OpenAI's shapes, except that unset optional fields are declared
-nullable, because the live API (and this gateway) sends `null` for them. The
-links let schemathesis chain upload -> create batch -> retrieve / cancel.
+Generated: the paths from the route table (gateway.api.routes, which also registers
+the routes) and the schemas from the wire models (gateway.wire), so a route or a
+model field is written once. The shapes are OpenAI's, except that unset optional
+fields are declared nullable, because the live API (and this gateway) sends `null`.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json_schema
+from pydantic_core import CoreSchema
+
 from gateway import __version__
-from gateway.wire import MAX_METADATA_KEY, MAX_METADATA_PAIRS, MAX_METADATA_VALUE
-from providers.base import ALL_ENDPOINTS, BATCH_STATUSES, TIMESTAMP_FIELDS
+from gateway.api.routes import Raw, Route, routes
+from gateway.auth import PUBLIC_PATHS
+from gateway.wire import ErrorResponse
 
 Schema = dict[str, Any]
-
-
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _nullable(schema: Schema) -> Schema:
-    if "type" in schema and "$ref" not in schema:
-        return {**schema, "type": [schema["type"], "null"]}
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
-def _object(properties: dict[str, Schema], *, extra: bool = True) -> Schema:
-    """An object whose every listed property is always present (null where unset)."""
-    return {
-        "type": "object",
-        "required": list(properties),
-        "properties": properties,
-        "additionalProperties": extra,
-    }
-
-
-_INT = {"type": "integer"}
-_CURSOR = {"type": "string", "minLength": 1, "maxLength": 256}
-_STR = {"type": "string"}
-_EXPIRES_AFTER = {
-    "type": "object",
-    "required": ["anchor", "seconds"],
-    "additionalProperties": False,
-    "properties": {
-        "anchor": {"type": "string", "enum": ["created_at"]},
-        "seconds": {"type": "integer", "minimum": 3600, "maximum": 2_592_000},
-    },
-}
-_METADATA = {
-    "type": "object",
-    "maxProperties": MAX_METADATA_PAIRS,
-    "propertyNames": {"maxLength": MAX_METADATA_KEY},
-    "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE},
-}
-
-SCHEMAS: dict[str, Schema] = {
-    "ErrorResponse": _object(
-        {
-            "error": _object(
-                {
-                    "message": _STR,
-                    "type": _STR,
-                    "param": _nullable(_STR),
-                    "code": _nullable(_STR),
-                },
-                extra=False,
-            )
-        },
-        extra=False,
-    ),
-    "OpenAIFile": _object(
-        {
-            "id": _STR,
-            "object": {"type": "string", "enum": ["file"]},
-            "bytes": _INT,
-            "created_at": _INT,
-            "filename": _STR,
-            "purpose": {"type": "string", "enum": ["batch", "batch_output"]},
-            "status": {"type": "string", "enum": ["uploaded", "processed", "error"]},
-            "expires_at": _nullable(_INT),
-            "status_details": _nullable(_STR),
-        }
-    ),
-    "ListFilesResponse": _object(
-        {
-            "object": {"type": "string", "enum": ["list"]},
-            "data": {"type": "array", "items": _ref("OpenAIFile")},
-            "first_id": _nullable(_STR),
-            "last_id": _nullable(_STR),
-            "has_more": {"type": "boolean"},
-        }
-    ),
-    "DeleteFileResponse": _object(
-        {
-            "id": _STR,
-            "object": {"type": "string", "enum": ["file"]},
-            "deleted": {"type": "boolean"},
-        }
-    ),
-    "BatchError": {
-        "type": "object",
-        "properties": {
-            "code": _nullable(_STR),
-            "message": _nullable(_STR),
-            "param": _nullable(_STR),
-            "line": _nullable(_INT),
-        },
-    },
-    "Batch": _object(
-        {
-            "id": _STR,
-            "object": {"type": "string", "enum": ["batch"]},
-            "endpoint": _STR,
-            "model": _nullable(_STR),
-            "errors": _nullable(
-                {
-                    "type": "object",
-                    "properties": {
-                        "object": _STR,
-                        "data": {"type": "array", "items": _ref("BatchError")},
-                    },
-                }
-            ),
-            "input_file_id": _STR,
-            "completion_window": _STR,
-            "status": {"type": "string", "enum": list(BATCH_STATUSES)},
-            "output_file_id": _nullable(_STR),
-            "error_file_id": _nullable(_STR),
-            "created_at": _INT,
-            **{name: _nullable(_INT) for name in TIMESTAMP_FIELDS},
-            "request_counts": _nullable(
-                _object({"total": _INT, "completed": _INT, "failed": _INT})
-            ),
-            "usage": _nullable({"type": "object"}),
-            "metadata": _nullable({"type": "object", "additionalProperties": _STR}),
-        }
-    ),
-    "ListBatchesResponse": _object(
-        {
-            "object": {"type": "string", "enum": ["list"]},
-            "data": {"type": "array", "items": _ref("Batch")},
-            "first_id": _nullable(_STR),
-            "last_id": _nullable(_STR),
-            "has_more": {"type": "boolean"},
-        }
-    ),
-    "CreateBatchRequest": {
-        "type": "object",
-        "required": ["input_file_id", "endpoint", "completion_window"],
-        "additionalProperties": False,
-        "properties": {
-            "input_file_id": {"type": "string", "minLength": 1, "maxLength": 256},
-            "endpoint": {"type": "string", "enum": list(ALL_ENDPOINTS)},
-            "completion_window": {"type": "string", "enum": ["24h"]},
-            "metadata": _nullable(_METADATA),
-            "output_expires_after": _nullable(_EXPIRES_AFTER),
-        },
-    },
-    "CreateFileRequest": {
-        "type": "object",
-        "required": ["file", "purpose"],
-        "maxProperties": 8,
-        "properties": {
-            "file": {
-                "type": "string",
-                "format": "binary",
-                "description": "Batch input JSONL: one request per line.",
-            },
-            "purpose": {"type": "string", "enum": ["batch"]},
-            "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
-            "expires_after[seconds]": {"type": "integer", "minimum": 3600, "maximum": 2_592_000},
-        },
-    },
-    "Health": {
-        "type": "object",
-        "required": ["status"],
-        "properties": {
-            "status": _STR,
-            "version": _STR,
-            "providers": {"type": "array"},
-            "pid": {"type": "integer"},
-        },
-    },
-}
+REF = "#/components/schemas/{model}"
 
 _ERRORS = {
     400: "Invalid request",
@@ -200,202 +38,110 @@ _ERRORS = {
     502: "The upstream provider failed",
     503: "The upstream provider is unavailable",
 }
-_ALWAYS = (401, 403, 429, 500)
+_ALWAYS = (401, 403, 429, 500)  # any route behind the API key
+_RETRY_AFTER = {
+    "Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait (rate limit)"}
+}
+
+
+class _Untitled(GenerateJsonSchema):
+    """Schemas without a title on every field (the name says it)."""
+
+    def field_title_should_be_set(self, schema: CoreSchema) -> bool:
+        return False
+
+
+def _ref(model: type[BaseModel]) -> Schema:
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def _components(table: tuple[Route, ...]) -> dict[str, Schema]:
+    """Every model the routes name, with the models they nest, by class name."""
+    modes: dict[type[BaseModel], JsonSchemaMode] = {ErrorResponse: "serialization"}
+    for route in table:
+        if route.request is not None:
+            modes[route.request] = "validation"
+        if not isinstance(route.response, Raw):
+            modes[route.response] = "serialization"
+    _, defs = models_json_schema(list(modes.items()), ref_template=REF, schema_generator=_Untitled)
+    schemas: dict[str, Schema] = defs["$defs"]
+    for route in table:
+        if route.form and route.request is not None:
+            name = route.request.__name__
+            schemas[name] = _form(schemas[name], schemas)
+    return schemas
+
+
+def _form(schema: Schema, schemas: dict[str, Schema]) -> Schema:
+    """A multipart form: an object field travels as fields `name[key]` (OpenAI's way)."""
+    properties: dict[str, Schema] = {}
+    for name, prop in schema["properties"].items():
+        refs = [s["$ref"] for s in [prop, *prop.get("anyOf", [])] if "$ref" in s]
+        if not refs:
+            properties[name] = prop
+            continue
+        nested = schemas[refs[0].rsplit("/", 1)[1]]
+        properties |= {f"{name}[{key}]": sub for key, sub in nested["properties"].items()}
+    return {**schema, "properties": properties}
 
 
 def _json(schema: Schema, description: str = "OK") -> Schema:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _responses(ok: Schema, *errors: int, links: dict[str, Schema] | None = None) -> Schema:
-    responses: dict[str, Schema] = {"200": ok}
-    if links:
-        responses["200"] = {**ok, "links": links}
-    for status in sorted({*errors, *_ALWAYS}):
-        responses[str(status)] = _json(_ref("ErrorResponse"), _ERRORS[status])
+def _responses(route: Route) -> Schema:
+    if isinstance(route.response, Raw):
+        raw = route.response
+        ok = {"description": raw.description, "content": {raw.media_type: {"schema": raw.schema}}}
+    else:
+        ok = _json(_ref(route.response))
+    if route.links:
+        ok["links"] = dict(route.links)
+    responses: Schema = {"200": ok}
+    always = () if route.path in PUBLIC_PATHS else _ALWAYS
+    for status in sorted({*route.errors, *always}):
+        responses[str(status)] = _json(_ref(ErrorResponse), _ERRORS[status])
         if status == 429:
-            responses["429"]["headers"] = {
-                "Retry-After": {"schema": _INT, "description": "Seconds to wait (rate limit)"}
-            }
+            responses["429"]["headers"] = _RETRY_AFTER
     return responses
 
 
-def _path_id(name: str) -> Schema:
-    return {"name": name, "in": "path", "required": True, "schema": _STR}
-
-
-def _query(name: str, schema: Schema) -> Schema:
-    return {"name": name, "in": "query", "required": False, "schema": schema}
-
-
-def _link(operation: str, **parameters: str) -> Schema:
-    return {"operationId": operation, "parameters": parameters}
-
-
-_FILE_LINKS = {
-    "RetrieveFile": _link("retrieveFile", file_id="$response.body#/id"),
-    "DownloadFile": _link("downloadFile", file_id="$response.body#/id"),
-    "DeleteFile": _link("deleteFile", file_id="$response.body#/id"),
-    "CreateBatch": {
-        "operationId": "createBatch",
-        "requestBody": {
-            "input_file_id": "$response.body#/id",
-            "endpoint": "/v1/chat/completions",
-            "completion_window": "24h",
-        },
-    },
-}
-_BATCH_LINKS = {
-    "RetrieveBatch": _link("retrieveBatch", batch_id="$response.body#/id"),
-    "CancelBatch": _link("cancelBatch", batch_id="$response.body#/id"),
-    "RetrieveInputFile": _link("retrieveFile", file_id="$response.body#/input_file_id"),
-}
-
-
-# Stripe's semantics: the same key and request answer the first answer again.
-_IDEMPOTENCY_KEY: Schema = {
-    "name": "Idempotency-Key",
-    "in": "header",
-    "required": False,
-    "description": "Retry safely: the same key and request (per key of yours, kept 24 h) get "
-    "the first answer again; another request under the key is refused (400), and one "
-    "arriving while the first runs gets 409.",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
-}
-
-
-def _operation(op_id: str, summary: str, responses: Schema, **extra: Any) -> Schema:
-    return {"operationId": op_id, "summary": summary, "responses": responses, **extra}
-
-
-def _paths() -> dict[str, Schema]:
-    file_id, batch_id = [_path_id("file_id")], [_path_id("batch_id")]
-    public: dict[str, Any] = {"security": []}
-    return {
-        "/v1/files": {
-            "post": _operation(
-                "createFile",
-                "Upload a batch input file (validated while it streams)",
-                _responses(_json(_ref("OpenAIFile")), 400, 408, 409, 413, 415, links=_FILE_LINKS),
-                requestBody={
-                    "required": True,
-                    "content": {"multipart/form-data": {"schema": _ref("CreateFileRequest")}},
-                },
-                parameters=[_IDEMPOTENCY_KEY],
-            ),
-            "get": _operation(
-                "listFiles",
-                "List your files",
-                _responses(_json(_ref("ListFilesResponse")), 400),
-                parameters=[
-                    _query("purpose", {"type": "string", "enum": ["batch", "batch_output"]}),
-                    _query("after", _CURSOR),
-                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 10_000}),
-                    _query("order", {"type": "string", "enum": ["asc", "desc"]}),
-                ],
-            ),
-        },
-        "/v1/files/{file_id}": {
-            "parameters": file_id,
-            "get": _operation(
-                "retrieveFile", "Retrieve a file", _responses(_json(_ref("OpenAIFile")), 404)
-            ),
-            "delete": _operation(
-                "deleteFile",
-                "Delete an input file (not an output file, not one a running batch reads)",
-                _responses(_json(_ref("DeleteFileResponse")), 400, 404, 409),
-            ),
-        },
-        "/v1/files/{file_id}/content": {
-            "parameters": file_id,
-            "get": _operation(
-                "downloadFile",
-                "The file's bytes, streamed",
-                _responses(
-                    {
-                        "description": "The raw file",
-                        "content": {
-                            "application/octet-stream": {
-                                "schema": {"type": "string", "format": "binary"}
-                            }
-                        },
-                    },
-                    400,
-                    404,
-                    502,
-                    503,
-                ),
-            ),
-        },
-        "/v1/batches": {
-            "post": _operation(
-                "createBatch",
-                "Create a batch from an uploaded input file",
-                _responses(
-                    _json(_ref("Batch")),
-                    *(400, 404, 408, 409, 413, 415, 502, 503),
-                    links=_BATCH_LINKS,
-                ),
-                requestBody={
-                    "required": True,
-                    "content": {"application/json": {"schema": _ref("CreateBatchRequest")}},
-                },
-                parameters=[_IDEMPOTENCY_KEY],
-            ),
-            "get": _operation(
-                "listBatches",
-                "List your batches, newest first",
-                _responses(_json(_ref("ListBatchesResponse")), 400),
-                parameters=[
-                    _query("after", _CURSOR),
-                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}),
-                ],
-            ),
-        },
-        "/v1/batches/{batch_id}": {
-            "parameters": batch_id,
-            "get": _operation(
-                "retrieveBatch",
-                "Retrieve a batch (stale with X-Gateway-Stale when the provider is down)",
-                _responses(_json(_ref("Batch")), 404, 502, 503, links=_BATCH_LINKS),
-            ),
-        },
-        "/v1/batches/{batch_id}/cancel": {
-            "parameters": batch_id,
-            "post": _operation(
-                "cancelBatch",
-                "Cancel a batch",
-                _responses(_json(_ref("Batch")), 400, 404, 502, 503, links=_BATCH_LINKS),
-            ),
-        },
-        "/health/live": {
-            "get": _operation("live", "Liveness", {"200": _json(_ref("Health"))}, **public)
-        },
-        "/health/ready": {
-            "get": _operation("ready", "Readiness", {"200": _json(_ref("Health"))}, **public)
-        },
-        "/openapi.json": {
-            "get": _operation(
-                "openapi", "This document", {"200": _json({"type": "object"})}, **public
-            )
-        },
-        "/metrics": {
-            "get": _operation(
-                "metrics",
-                "Prometheus metrics",
-                {
-                    "200": {
-                        "description": "Prometheus text exposition format",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
-                },
-                **public,
-            )
-        },
+def _operation(route: Route) -> Schema:
+    operation: Schema = {
+        "operationId": route.operation_id,
+        "summary": route.summary,
+        "responses": _responses(route),
     }
+    if route.parameters:
+        operation["parameters"] = list(route.parameters)
+    if route.request is not None:
+        media = "multipart/form-data" if route.form else "application/json"
+        operation["requestBody"] = {
+            "required": True,
+            "content": {media: {"schema": _ref(route.request)}},
+        }
+    if route.path in PUBLIC_PATHS:
+        operation["security"] = []
+    return operation
 
 
+def _paths(table: tuple[Route, ...]) -> dict[str, Schema]:
+    paths: dict[str, Schema] = {}
+    for route in table:
+        item = paths.setdefault(route.path, {})
+        if names := re.findall(r"{(\w+)}", route.path):
+            item["parameters"] = [
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                for name in names
+            ]
+        item[route.method.lower()] = _operation(route)
+    return paths
+
+
+@functools.cache
 def document() -> dict[str, Any]:
+    """The document, built once (callers must not change it)."""
+    table = routes()
     return {
         "openapi": "3.1.0",
         "info": {
@@ -404,9 +150,9 @@ def document() -> dict[str, Any]:
             "description": "OpenAI-compatible Files and Batches API in front of many providers.",
         },
         "security": [{"bearerAuth": []}],
-        "paths": _paths(),
+        "paths": _paths(table),
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": _components(table),
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
         },
     }

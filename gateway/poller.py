@@ -24,6 +24,7 @@ from contextlib import suppress
 from gateway import metrics
 from gateway.config import PollerConfig
 from gateway.repair import Repairer
+from gateway.retention import Retention
 from gateway.service import GatewayService
 from gateway.store.base import BatchRecord
 from gateway.webhooks import WebhookSender
@@ -57,6 +58,7 @@ class Poller:
         self._next_sweep = 0.0
         self._next_repair = time.monotonic() + config.repair_interval_seconds
         self.repairer = Repairer(service, config.repair_window_seconds)
+        self.retention = Retention(service)
 
     @property
     def _claim_size(self) -> int:
@@ -153,6 +155,7 @@ class Poller:
         if time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + self.config.sweep_interval_seconds
             await self.service.sweep_expired()
+            await self.retention.run_once()
             await self.service.store.prune_rate_windows(int(time.time()) - 3600)
             await self.service.store.prune_idempotency_keys(time.time() - 86_400)
 

@@ -24,7 +24,7 @@ from gateway.batch_sync import (
     TERMINAL_CACHE_SIZE,
     BatchSync,
     BatchView,
-    Route,
+    Location,
 )
 from gateway.blobs import Blobs
 from gateway.config import Config, KeyConfig
@@ -74,7 +74,7 @@ class GatewayService(CreateUseCases, FileUseCases, BatchSync):
         self._terminal: OrderedDict[str, tuple[str, dict[str, Any], bytes]] = OrderedDict()
         # When each active batch was last refreshed (for `retrieve_cache_seconds`).
         self._refreshed_at: dict[str, float] = {}
-        self._routes: dict[str, Route] = {}
+        self._locations: dict[str, Location] = {}
         # Serializes "count active batches, then insert" per tenant (one process).
         self._admission: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # Set when a batch ends here: wakes the keeper of output files.
@@ -179,10 +179,10 @@ class GatewayService(CreateUseCases, FileUseCases, BatchSync):
         fresh = ttl and time.monotonic() - self._refreshed_at.get(batch_id, -ttl) < ttl
         # Reading the row during the provider call costs a task: it pays while the loop
         # idles on providers, not in a busy process, which then reads the row first.
-        route = self._routes.get(batch_id) if len(self._refreshing) < OVERLAP_BELOW else None
-        if route is not None and route.tenant == tenant and not fresh:
-            return await self.refresh_routed(
-                batch_id, route, partial(self._batch, tenant, batch_id)
+        where = self._locations.get(batch_id) if len(self._refreshing) < OVERLAP_BELOW else None
+        if where is not None and where.tenant == tenant and not fresh:
+            return await self.refresh_located(
+                batch_id, where, partial(self._batch, tenant, batch_id)
             )
         record = await self._batch(tenant, batch_id)
         if record.status in TERMINAL_STATUSES:

@@ -44,6 +44,7 @@ from providers.base import (
     UpstreamBatch,
     now,
 )
+from providers.egress import DIRECT, Egress
 from providers.http import HTTPProvider, iter_lines, path_id
 from providers.localfiles import LocalFileMethods, LocalFiles, ResultSpool, input_lines, write_json
 
@@ -111,6 +112,7 @@ class AnthropicProvider(LocalFileMethods, HTTPProvider):
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         finalize_wait_seconds: float = 5.0,
+        egress: Egress = DIRECT,
     ) -> None:
         headers = {"x-api-key": api_key, "anthropic-version": anthropic_version}
         super().__init__(
@@ -121,6 +123,7 @@ class AnthropicProvider(LocalFileMethods, HTTPProvider):
             secrets=(api_key,),
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
+            egress=egress,
         )
         self.directory = Path(directory)
         self.files = LocalFiles(self.directory, "file-anth", "the anthropic adapter")

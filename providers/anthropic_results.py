@@ -153,7 +153,9 @@ def _usage(usage: Any) -> Json:
     }
 
 
-def message_to_completion(message: Mapping[str, Any], *, created: int) -> Json:
+def message_to_completion(
+    message: Mapping[str, Any], *, created: int, completion_id: str = "chatcmpl-"
+) -> Json:
     """An Anthropic Message as the `chat.completion` the OpenAI endpoint would return."""
     texts: list[str] = []
     calls: list[Json] = []
@@ -173,7 +175,7 @@ def message_to_completion(message: Mapping[str, Any], *, created: int) -> Json:
     finish = _FINISH.get(str(message.get("stop_reason")), "stop")
     choice = {"index": 0, "message": reply, "finish_reason": finish, "logprobs": None}
     return {
-        "id": f"chatcmpl-{message.get('id')}",
+        "id": completion_id,  # the gateway's: Anthropic's message id stays with Anthropic
         "object": "chat.completion",
         "created": created,
         "model": message.get("model"),
@@ -193,7 +195,10 @@ def result_to_line(
     outcome = outcome if isinstance(outcome, Mapping) else {}
     kind = outcome.get("type")
     if kind == "succeeded" and isinstance(outcome.get("message"), Mapping):
-        body = message_to_completion(outcome["message"], created=created)
+        completion_id = f"chatcmpl-{stable_hex(seed, custom_id, 'completion')}"
+        body = message_to_completion(
+            outcome["message"], created=created, completion_id=completion_id
+        )
         return response_line(line_id, custom_id, 200, request_id, body), True
     if kind == "errored":
         wrapper = outcome.get("error")
@@ -202,7 +207,6 @@ def result_to_line(
         inner: Mapping[str, Any] = nested if isinstance(nested, Mapping) else wrapper
         error_type = str(inner.get("type") or "api_error")
         message = str(inner.get("message") or error_type)
-        request_id = str(wrapper.get("request_id") or request_id)
         status = ERROR_STATUS.get(error_type, 500)
         body = error_body(message, error_type)
         return response_line(line_id, custom_id, status, request_id, body), False

@@ -130,7 +130,8 @@ class UpstreamBatch:
 @dataclass(frozen=True, slots=True)
 class UpstreamFile:
     id: str
-    bytes: int
+    # None when the provider does not say (then only a read tells whether it is empty).
+    bytes: int | None
     created_at: int
     filename: str
 

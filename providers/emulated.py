@@ -36,6 +36,7 @@ from providers.base import (
     RequestCounts,
     UpstreamBatch,
 )
+from providers.egress import DIRECT, Egress
 from providers.emulated_run import BatchRun, Limits
 from providers.http import HTTPProvider, RawResponse
 from providers.localfiles import (
@@ -80,6 +81,7 @@ class EmulatedProvider(LocalFileMethods, HTTPProvider):
         limits: Limits,
         connect_timeout: float = 10.0,
         read_timeout: float = 600.0,
+        egress: Egress = DIRECT,
     ) -> None:
         super().__init__(
             name,
@@ -89,6 +91,7 @@ class EmulatedProvider(LocalFileMethods, HTTPProvider):
             secrets=(api_key,) if api_key else (),
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
+            egress=egress,
         )
         self.directory = Path(directory)
         self.files = LocalFiles(self.directory, "file-emu", "the emulated provider")

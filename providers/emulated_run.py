@@ -214,9 +214,7 @@ class BatchRun:
         line_id = f"batch_req_{stable_hex(self.state['id'], index, 'line')}"
         if isinstance(outcome, ProviderError):
             return error_line(line_id, custom_id, ("upstream_unavailable", outcome.message))
-        request_id = outcome.headers.get("x-request-id") or (
-            f"req_{stable_hex(self.state['id'], index, 'req')}"
-        )
+        request_id = f"req_{stable_hex(self.state['id'], index, 'req')}"  # never the provider's
         body = _json(outcome.body)
         status = outcome.status
         if status < 300 and not isinstance(body, dict):

@@ -20,6 +20,7 @@ import aiohttp
 import orjson
 
 from providers.base import BaseProvider, ErrorKind, ProviderError, UpstreamBatch
+from providers.egress import DIRECT, Egress
 from providers.pool import ConnectError, ConnectionPool
 from providers.ratelimit import retry_after_seconds
 
@@ -45,11 +46,11 @@ STREAM_BUFFER = 1024 * 1024
 # The answers that prove a request was not carried out: the provider rejected it before
 # doing anything. Any other status (5xx, 408, a gateway's 502 in front of the provider)
 # may come after the work was done.
-DEFINITE_STATUSES = frozenset({400, 401, 403, 404, 409, 413, 415, 422, 429})
+DEFINITE_STATUSES = frozenset({400, 401, 403, 404, 407, 409, 413, 415, 422, 429})
 
 
 def kind_for_status(status: int) -> ErrorKind:
-    if status in (401, 403):
+    if status in (401, 403, 407):  # 407: our proxy refused the gateway's credentials
         return "auth"
     if status == 404:
         return "not_found"
@@ -121,27 +122,52 @@ class HTTPProvider(BaseProvider):
         secrets: tuple[str, ...],
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
+        egress: Egress = DIRECT,
     ) -> None:
+        """`egress`: the proxy and TLS settings both HTTP paths use (`build_egress`)."""
         super().__init__(name, endpoints)
         self.base_url = base_url.rstrip("/")
         self._headers = headers
-        self._secrets = tuple(s for s in (*secrets, self.base_url) if s)
+        self._secrets = tuple(s for s in (*secrets, *egress.secrets, self.base_url) if s)
         self._host = urlsplit(self.base_url).hostname or ""
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
         self._session: aiohttp.ClientSession | None = None
+        self._egress = egress
+        # aiohttp takes proxy credentials only as headers (proxy_auth is deprecated): its
+        # proxy_headers go on a CONNECT (https) only; a forward proxy (http) reads them
+        # from each request.
+        auth = egress.proxy_authorization
+        self._proxy_headers: dict[str, str] | None = None
+        if auth and urlsplit(self.base_url).scheme == "https":
+            self._proxy_headers = {"Proxy-Authorization": auth}
+        elif auth:
+            self._headers = {**headers, "Proxy-Authorization": auth}
         self._pool = ConnectionPool(
-            self.base_url, headers, connect_timeout=connect_timeout, read_timeout=read_timeout
+            self.base_url,
+            headers,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            ssl_context=egress.ssl_context,
+            proxy=egress.proxy_address,
+            proxy_authorization=auth,
         )
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            # No session-wide headers: aiohttp copies those into what it sends a proxy
+            # (an Authorization among them becomes Proxy-Authorization), so the key goes
+            # with each request instead.
             self._session = aiohttp.ClientSession(
-                headers=self._headers,
                 timeout=self._timeout,
-                connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
+                connector=aiohttp.TCPConnector(
+                    limit=256, ttl_dns_cache=300, ssl=self._egress.ssl_context or True
+                ),
+                # Resolved once by build_egress (NO_PROXY included), not per request.
+                proxy=self._egress.proxy,
+                trust_env=False,
                 # Provider APIs authenticate by header; a real jar only costs a
                 # cookie filter and update on every call.
                 cookie_jar=aiohttp.DummyCookieJar(),
@@ -186,7 +212,13 @@ class HTTPProvider(BaseProvider):
         with transport_errors():
             if data is not None and not isinstance(data, bytes):
                 url = self.base_url + path
-                async with self.session.request(method, url, data=data, headers=headers) as resp:
+                async with self.session.request(
+                    method,
+                    url,
+                    data=data,
+                    headers={**self._headers, **headers} if headers else self._headers,
+                    proxy_headers=self._proxy_headers,
+                ) as resp:
                     return RawResponse(resp.status, resp.headers.copy(), await resp.read())
             if json is not None:
                 data = orjson.dumps(json)
@@ -214,7 +246,12 @@ class HTTPProvider(BaseProvider):
     async def stream(self, path: str) -> AsyncIterator[AsyncIterator[bytes]]:
         """GET `path` and yield its body as chunks; errors surface on entry."""
         with transport_errors():
-            async with self.session.get(self.base_url + path, read_bufsize=STREAM_BUFFER) as resp:
+            async with self.session.get(
+                self.base_url + path,
+                headers=self._headers,
+                read_bufsize=STREAM_BUFFER,
+                proxy_headers=self._proxy_headers,
+            ) as resp:
                 if resp.status >= 400:
                     raise self.http_error(resp.status, await resp.read(), resp.headers)
                 yield _received(resp.content)

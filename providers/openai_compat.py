@@ -29,6 +29,7 @@ from providers.base import (
     UpstreamBatch,
     UpstreamFile,
 )
+from providers.egress import DIRECT, Egress
 from providers.http import HTTPProvider, path_id
 
 # Unix seconds before 2001-09-09 are placeholders, not times (anyapi.ai's docs send 123).
@@ -159,7 +160,7 @@ def parse_file(data: Mapping[str, Any]) -> UpstreamFile:
     filename = data.get("filename")
     return UpstreamFile(
         id=file_id,
-        bytes=_int(data.get("bytes")) or 0,
+        bytes=_int(data.get("bytes")),
         created_at=_timestamp(data.get("created_at")) or 0,
         filename=filename if isinstance(filename, str) else "",
     )
@@ -177,6 +178,7 @@ class OpenAICompatProvider(HTTPProvider):
         api_key: str,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
+        egress: Egress = DIRECT,
     ) -> None:
         super().__init__(
             name,
@@ -186,6 +188,7 @@ class OpenAICompatProvider(HTTPProvider):
             secrets=(api_key,),
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
+            egress=egress,
         )
 
     def _batch(self, data: Mapping[str, Any]) -> UpstreamBatch:

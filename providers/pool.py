@@ -12,6 +12,10 @@ dropped after `IDLE_SECONDS`, before servers typically close them. A call that
 finds its reused connection closed before any answer arrived is sent once more
 on a new one when it is safe to repeat (GET); otherwise the loss is reported,
 since the request may have been carried out.
+
+Through an HTTP proxy (`proxy`), an https upstream is reached by a CONNECT tunnel with
+TLS started inside it, and an http one by sending the proxy absolute-form targets
+(`GET http://host/path`); the direct path is the same code as without a proxy.
 """
 
 from __future__ import annotations
@@ -151,6 +155,41 @@ class _Connection(asyncio.Protocol):
             self.close()
 
 
+class _Tunnel(asyncio.Protocol):
+    """The proxy's answer to CONNECT; a 2xx means the bytes now go to the upstream."""
+
+    def __init__(self) -> None:
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._head = b""
+
+    def data_received(self, data: bytes) -> None:
+        self._head += data
+        head, found, rest = self._head.partition(b"\r\n\r\n")
+        if not found:
+            if len(self._head) > 64 * 1024:
+                self._settle(ConnectError("the proxy sent an unreadable answer"))
+            return
+        words = head.split(b"\r\n", 1)[0].split(None, 2)
+        status = int(words[1]) if len(words) > 1 and words[1].isdigit() else 0
+        if not 200 <= status < 300:
+            self._settle(ConnectError(f"the proxy refused the tunnel (HTTP {status})"))
+        elif rest:  # the upstream cannot speak before our TLS hello
+            self._settle(ConnectError("the proxy sent an unreadable answer"))
+        else:
+            self._settle(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._settle(ConnectError("the proxy closed the connection"))
+
+    def _settle(self, exc: ConnectError | None) -> None:
+        if self.opened.done():
+            return
+        if exc is None:
+            self.opened.set_result(None)
+        else:
+            self.opened.set_exception(exc)
+
+
 def _decoded(encoding: str | None, body: bytes) -> bytes:
     """We ask for identity; a server that compresses anyway still gets read."""
     if encoding is None or encoding.lower() == "identity" or not body:
@@ -172,16 +211,36 @@ class ConnectionPool:
         *,
         connect_timeout: float,
         read_timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+        proxy: tuple[str, int] | None = None,
+        proxy_authorization: str | None = None,
     ) -> None:
+        """`ssl_context` None: the system store; `proxy` (host, port): an HTTP proxy,
+        with `proxy_authorization` the value of its Proxy-Authorization header."""
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("base_url must be an http:// or https:// URL")
+        https = parts.scheme == "https"
         self._host = parts.hostname
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
+        self._port = parts.port or (443 if https else 80)
+        self._ssl = (ssl_context or ssl.create_default_context()) if https else None
         self._prefix = parts.path.rstrip("/")
-        self._head = _header_lines({"Host": parts.netloc, "User-Agent": USER_AGENT, **headers})
-        self._head += b"Accept-Encoding: identity\r\n"
+        head = {"Host": parts.netloc, "User-Agent": USER_AGENT, **headers}
+        self._proxy = proxy
+        self._tunnel_request = b""
+        if proxy is not None:
+            authority = _authority(self._host, self._port)
+            auth = {"Proxy-Authorization": proxy_authorization} if proxy_authorization else {}
+            if https:
+                self._tunnel_request = (
+                    f"CONNECT {authority} HTTP/1.1\r\n".encode()
+                    + _header_lines({"Host": authority, **auth})
+                    + b"\r\n"
+                )
+            else:  # a forward proxy: the whole URL as the target, its credentials on each
+                self._prefix = f"http://{authority}{self._prefix}"
+                head.update(auth)
+        self._head = _header_lines(head) + b"Accept-Encoding: identity\r\n"
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._idle: list[_Connection] = []
@@ -239,6 +298,8 @@ class ConnectionPool:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout):
+                if self._proxy is not None:
+                    return await self._via_proxy(loop, self._proxy), False
                 _, conn = await loop.create_connection(
                     _Connection,
                     self._host,
@@ -246,9 +307,32 @@ class ConnectionPool:
                     ssl=self._ssl,
                     server_hostname=self._host if self._ssl else None,
                 )
+        except ConnectError:
+            raise
         except (OSError, TimeoutError) as exc:
             raise ConnectError(f"could not connect ({type(exc).__name__})") from None
         return conn, False
+
+    async def _via_proxy(
+        self, loop: asyncio.AbstractEventLoop, proxy: tuple[str, int]
+    ) -> _Connection:
+        """A connection to the proxy: as it is for http, a TLS tunnel through it for https."""
+        if self._ssl is None:
+            _, conn = await loop.create_connection(_Connection, *proxy)
+            return conn
+        transport, tunnel = await loop.create_connection(_Tunnel, *proxy)
+        conn = _Connection()
+        try:
+            transport.write(self._tunnel_request)
+            await tunnel.opened
+            tls = await loop.start_tls(transport, conn, self._ssl, server_hostname=self._host)
+        except BaseException:
+            transport.close()
+            raise
+        if tls is None:  # only for a transport already closing
+            raise ConnectError("the proxy closed the connection")
+        conn.connection_made(tls)  # start_tls does not call it
+        return conn
 
     def _release(self, conn: _Connection) -> None:
         if conn.reusable and not self._closed and len(self._idle) < MAX_IDLE:
@@ -256,6 +340,10 @@ class ConnectionPool:
             self._idle.append(conn)
         else:
             conn.close()
+
+
+def _authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _header_lines(headers: Mapping[str, str]) -> bytes:

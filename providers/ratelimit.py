@@ -10,13 +10,13 @@ import time
 from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 
-__all__ = ["RateLimiter", "Throttle", "backoff_seconds", "estimate_tokens", "retry_after_seconds"]
+__all__ = ["TokenBucket", "Throttle", "backoff_seconds", "estimate_tokens", "retry_after_seconds"]
 
 MAX_BACKOFF_SECONDS = 60.0
 MAX_RETRY_AFTER_SECONDS = 600.0
 
 
-class RateLimiter:
+class TokenBucket:
     """A token bucket refilled at `per_minute / 60` per second.
 
     It holds one second's worth (at least one token), so a fresh limiter cannot fire a
@@ -61,8 +61,8 @@ class Throttle:
         tokens_per_minute: float | None = None,
     ) -> None:
         self.slots = asyncio.Semaphore(concurrency)
-        self.requests = RateLimiter(requests_per_minute) if requests_per_minute else None
-        self.tokens = RateLimiter(tokens_per_minute) if tokens_per_minute else None
+        self.requests = TokenBucket(requests_per_minute) if requests_per_minute else None
+        self.tokens = TokenBucket(tokens_per_minute) if tokens_per_minute else None
 
     async def admit(self, tokens: int) -> None:
         """Wait until one more request of about `tokens` tokens fits the per-minute limits."""

@@ -11,6 +11,7 @@ from gateway.config import (
 )
 from providers.anthropic import AnthropicProvider
 from providers.base import ALL_ENDPOINTS, Provider
+from providers.egress import Egress, build_egress
 from providers.emulated import EmulatedProvider, Limits
 from providers.openai_compat import OpenAICompatProvider
 from providers.sandbox import SandboxProvider
@@ -20,6 +21,18 @@ def _key(config: OpenAIProviderConfig | AnthropicProviderConfig) -> str:
     # The loader disables a provider whose key is missing, so an enabled one has it.
     assert config.api_key is not None
     return config.api_key.get_secret_value()
+
+
+def _egress(
+    name: str, config: OpenAIProviderConfig | AnthropicProviderConfig | EmulatedProviderConfig
+) -> Egress:
+    return build_egress(
+        name,
+        config.base_url,
+        proxy=config.proxy,
+        ca_file=config.ca_file,
+        tls_verify=config.tls_verify,
+    )
 
 
 def build_provider(name: str, config: AnyProviderConfig) -> Provider:
@@ -45,6 +58,7 @@ def build_provider(name: str, config: AnyProviderConfig) -> Provider:
             default_max_tokens=config.default_max_tokens,
             connect_timeout=config.connect_timeout_seconds,
             read_timeout=config.read_timeout_seconds,
+            egress=_egress(name, config),
         )
     if isinstance(config, EmulatedProviderConfig):
         return EmulatedProvider(
@@ -63,6 +77,7 @@ def build_provider(name: str, config: AnyProviderConfig) -> Provider:
             ),
             connect_timeout=config.connect_timeout_seconds,
             read_timeout=config.read_timeout_seconds,
+            egress=_egress(name, config),
         )
     return OpenAICompatProvider(
         name,
@@ -71,4 +86,5 @@ def build_provider(name: str, config: AnyProviderConfig) -> Provider:
         api_key=_key(config),
         connect_timeout=config.connect_timeout_seconds,
         read_timeout=config.read_timeout_seconds,
+        egress=_egress(name, config),
     )

@@ -57,8 +57,9 @@ def response_line(
     return {"id": line_id, "custom_id": custom_id, "response": response, "error": None}
 
 
-def error_line(line_id: str, custom_id: Any, error: tuple[str, str]) -> Json:
-    """A request that never produced an HTTP answer: `error` is (code, message)."""
+def error_line(line_id: str, custom_id: Any, error: tuple[str | None, str]) -> Json:
+    """A request that never produced an HTTP answer: `error` is (code, message); the
+    code may be null, as in OpenAI's `BatchRequestOutput`."""
     code, message = error
     return {
         "id": line_id,

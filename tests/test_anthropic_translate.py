@@ -154,9 +154,9 @@ def test_message_becomes_chat_completion() -> None:
             "cache_read_input_tokens": 2,
         },
     }
-    body = message_to_completion(message, created=1_700_000_000)
+    body = message_to_completion(message, created=1_700_000_000, completion_id="chatcmpl-g1")
     assert (body["id"], body["object"], body["model"]) == (
-        "chatcmpl-msg_1",
+        "chatcmpl-g1",
         "chat.completion",
         "claude-x",
     )
@@ -186,6 +186,7 @@ def test_result_lines_by_type() -> None:
     )
     assert to_output and ok["response"]["status_code"] == 200 and ok["error"] is None
     assert ok["id"].startswith("batch_req_") and ok["custom_id"] == "a"
+    assert "msg_1" not in json.dumps(ok)  # Anthropic's message id stays with Anthropic
 
     error = {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
     bad, to_output = result_to_line(
@@ -195,7 +196,9 @@ def test_result_lines_by_type() -> None:
         created=1,
     )
     assert not to_output and bad["custom_id"] == "orig"
-    assert bad["response"]["status_code"] == 529 and bad["response"]["request_id"] == "req_9"
+    # Anthropic's own request id stays with Anthropic: the line carries the gateway's.
+    assert bad["response"]["status_code"] == 529 and bad["response"]["request_id"] != "req_9"
+    assert bad["response"]["request_id"].startswith("req_")
     assert bad["response"]["body"]["error"] == {
         "message": "busy",
         "type": "overloaded_error",

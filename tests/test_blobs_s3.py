@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestServer
 from gateway.api import SERVICE
 from gateway.blobs_s3 import S3Blobs
 from gateway.config import S3BlobsConfig
+from gateway.result_lines import ResultLines
 from tests.conftest import Gateway, StartGateway, s3_client
 from tests.fakes.openai_upstream import UPSTREAM, make_openai_upstream
 from tests.support import big_file, chat_line, jsonl, make_config
@@ -165,8 +166,10 @@ async def test_an_openai_provider_reads_the_input_from_s3_and_its_output_is_kept
     assert len(kept) == 1 and not unfinished
     record = await gw.server.app[SERVICE].store.get_file(done.output_file_id)
     assert record is not None and record.upstream_id is not None
-    expected = state.files[record.upstream_id]["_content"]
-    assert objects[kept[0]] == len(expected)
+    # The kept copy is the provider's file in OpenAI's line shape, with gateway ids.
+    lines = ResultLines(record.batch_id or "", record.id)
+    expected = lines.feed(state.files[record.upstream_id]["_content"]) + lines.finish()
+    assert objects[kept[0]] == len(expected) == record.bytes
     state.fail_on, state.fail_next = "GET /v1/files/", [500] * 5  # served from S3 now
     assert (await gw.client.files.content(done.output_file_id)).content == expected
     assert len(state.fail_next) == 5

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import os
+import pty
+import re
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from threading import Thread
+from typing import TextIO
 
 import openai
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway import logs
 from tests.support import chat_file
 from tests.test_cli_demo import free_port, wait_ready
 
@@ -152,3 +161,120 @@ def live_count(base: str) -> float:
                 if s.name == "gateway_http_requests_total" and s.labels["route"] == "/health/live"
             )
     return 0.0
+
+
+# A text line: local time, level, then the request id when there is one.
+TEXT_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) +")
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """configure() replaces the root handlers (pytest's capture among them): put them back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def tty() -> Iterator[io.TextIOWrapper]:
+    """A text stream on a pseudo-terminal: isatty() is True, as for a person's shell."""
+    main_fd, tty_fd = pty.openpty()
+    stream = open(tty_fd, "w", encoding="utf-8", closefd=True)
+    yield stream
+    stream.close()
+    os.close(main_fd)
+
+
+def log_through(fmt: logs.LogFormat | None, stream: TextIO) -> logging.Formatter | None:
+    """configure() with this format and stream, log one line in a request; the formatter used."""
+    logs.configure("INFO", fmt, stream)
+    token = logs.request_id.set("req_text123")
+    try:
+        logging.getLogger("gateway.test").info("hello %s", "there")
+    finally:
+        logs.request_id.reset(token)
+    return logging.getLogger().handlers[0].formatter
+
+
+@pytest.mark.usefixtures("root_logging")
+def test_auto_format_is_json_off_a_terminal() -> None:
+    stream = io.StringIO()
+    assert isinstance(log_through(None, stream), logs.JSONFormatter)
+    line = json.loads(stream.getvalue())
+    assert line["msg"] == "hello there" and line["request_id"] == "req_text123"
+
+
+@pytest.mark.usefixtures("root_logging")
+def test_auto_format_is_text_on_a_terminal(tty: io.TextIOWrapper) -> None:
+    assert tty.isatty()
+    assert isinstance(log_through(None, tty), logs.TextFormatter)
+
+
+@pytest.mark.usefixtures("root_logging")
+def test_forced_formats_win(tty: io.TextIOWrapper) -> None:
+    assert isinstance(log_through("json", tty), logs.JSONFormatter)
+    stream = io.StringIO()
+    assert isinstance(log_through("text", stream), logs.TextFormatter)
+    line = stream.getvalue().rstrip("\n")
+    assert TEXT_LINE.match(line) and line.endswith(" [req_text123] hello there"), line
+
+
+def test_text_lines_show_an_exception_by_its_type_only() -> None:
+    record = logging.LogRecord("gateway", logging.ERROR, __file__, 1, "upstream failed", (), None)
+    try:
+        raise ConnectionError(f"https://api.example.test/v1?key={SECRET}")
+    except ConnectionError:
+        record.exc_info = sys.exc_info()
+    record.request_id = None
+    line = logs.TextFormatter().format(record)
+    assert TEXT_LINE.match(line) and line.endswith(" upstream failed (ConnectionError)"), line
+    assert SECRET not in line and "Traceback" not in line and "\n" not in line
+
+
+def test_serve_on_a_terminal_prints_text_lines(tmp_path: Path) -> None:
+    """With no `logging.format`, `serve` writing to a terminal prints lines for a person."""
+    port = free_port()
+    path = write_config(tmp_path, free_port())
+    main_fd, tty_fd = pty.openpty()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=tty_fd,
+    )
+    os.close(tty_fd)
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # a full terminal buffer would block the server
+        while True:
+            try:
+                chunk = os.read(main_fd, 4096)
+            except OSError:  # EIO: the server closed its end
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = Thread(target=drain, daemon=True)
+    reader.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(f"{base}/health/ready", server)
+        status, _, _ = get(f"{base}/v1/files/file-nope", {"X-Request-ID": "trace-tty-1"})
+        assert status == 404
+        status, _, _ = get(f"{base}/v1/batches", {"Authorization": f"Bearer {SECRET}"})
+        assert status == 200
+        time.sleep(0.2)  # the access line is written just after the response
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+        reader.join(timeout=5)
+        os.close(main_fd)
+    text = b"".join(chunks).decode()
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert lines and not any(line.lstrip().startswith("{") for line in lines), text
+    assert any(TEXT_LINE.match(line) and "listening on http://" in line for line in lines), text
+    access = [line for line in lines if "[trace-tty-1]" in line]
+    assert access and "GET /v1/files/{file_id} 404" in access[0], text
+    assert SECRET not in text and "Bearer" not in text

@@ -166,3 +166,18 @@ async def test_batch_gauges_come_from_the_store_and_survive_a_restart(
     await restarted.server.app[POLLER].refresh_gauges()
     assert value("gateway_batches", provider="sandbox", status="completed") == 2
     assert value("gateway_batches", provider="sandbox", status="validating") == 1
+
+
+async def test_metrics_has_no_created_series(start_gateway: StartGateway, tmp_path: Path) -> None:
+    """prometheus-client's per-child `*_created` series are turned off at import."""
+    gw = await start_gateway(make_config(tmp_path, poller={"enabled": False}))
+    f = await gw.client.files.create(file=("in.jsonl", io.BytesIO(chat_file(1))), purpose="batch")
+    await gw.client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h")
+    async with gw.http.get(gw.url("/metrics")) as resp:
+        exposition = await resp.text()
+    assert resp.status == 200
+    # Counters and histograms with children are there, none with a `_created` sample
+    # (`gateway_batches_created_total` is a counter's own name, not such a sample).
+    assert "gateway_batches_created_total{" in exposition
+    assert "gateway_http_request_duration_seconds_bucket{" in exposition
+    assert not re.findall(r"^\w+_created[{ ]", exposition, re.MULTILINE)

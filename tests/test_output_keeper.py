@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.api import SERVICE
 from gateway.keeper import OutputKeeper
+from gateway.result_lines import ResultLines
 from gateway.service import GatewayService
 from gateway.store import FileRecord
 from tests.conftest import Gateway, StartGateway
@@ -77,6 +79,13 @@ async def kept(gw: Gateway, file_id: str, timeout: float = 5.0) -> FileRecord:
     raise AssertionError(f"{file_id} was not kept")
 
 
+def rewritten(upstream: Any, record: FileRecord) -> bytes:
+    """What the gateway serves for `record`: the provider's bytes as OpenAI lines."""
+    assert record.batch_id is not None and record.upstream_id is not None
+    lines = ResultLines(record.batch_id, record.id)
+    return lines.feed(upstream.files[record.upstream_id]["_content"]) + lines.finish()
+
+
 def content_calls(upstream: Any) -> int:
     return sum(1 for method, path in upstream.requests if f"{method} {path}".startswith(CONTENT))
 
@@ -89,7 +98,9 @@ async def test_outputs_are_kept_when_the_batch_ends_and_served_without_the_provi
     by_gateway_id = {}
     for file_id in (output_id, error_id):
         record = await kept(gw, file_id)
-        by_gateway_id[file_id] = upstream.files[record.upstream_id]["_content"]
+        # The copy is the provider's file rewritten into OpenAI lines with gateway ids.
+        by_gateway_id[file_id] = rewritten(upstream, record)
+        assert b"batch_req_UP" not in by_gateway_id[file_id]
         assert record.bytes == len(by_gateway_id[file_id])
         assert (gw.config.blobs.dir / record.blob).read_bytes() == by_gateway_id[file_id]
 
@@ -145,8 +156,95 @@ async def test_a_relayed_file_answers_head_without_asking_the_provider(
     record = await service_of(gw).store.get_file(output_id)
     assert record is not None and record.blob is None and record.upstream_id is not None
     async with gw.http.get(url) as resp:  # relayed, on the same connection
-        assert await resp.read() == upstream.files[record.upstream_id]["_content"]
+        assert await resp.read() == rewritten(upstream, record)
     assert content_calls(upstream) == calls + 1
+    record = await service_of(gw).store.get_file(output_id)
+    assert record is not None and record.blob is None  # keeping is off: nothing kept
+
+
+def keeping_on(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`keep_provider_outputs` on, with no keeper running: only downloads can keep."""
+    svc = service_of(gw)
+    blobs = svc.config.blobs.model_copy(update={"keep_provider_outputs": True})
+    monkeypatch.setattr(svc, "config", svc.config.model_copy(update={"blobs": blobs}))
+
+
+async def test_a_relayed_download_keeps_the_copy_it_relayed(
+    start_remote: Callable[..., Awaitable[tuple[Gateway, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gw, upstream = await start_remote(keep=False)
+    output_id, _ = await finished_batch(gw)
+    keeping_on(gw, monkeypatch)
+    url = gw.url(f"/v1/files/{output_id}/content")
+    async with gw.http.get(url) as resp:  # not kept yet: relayed, and kept on the way
+        assert resp.headers["Transfer-Encoding"] == "chunked"
+        relayed = await resp.read()
+    record = await service_of(gw).store.get_file(output_id)
+    assert record is not None and record.blob is not None  # before the client saw the end
+    assert relayed == rewritten(upstream, record)
+    assert (await gw.client.files.retrieve(output_id)).bytes == len(relayed)
+    calls = content_calls(upstream)
+    async with gw.http.get(url) as resp:
+        assert resp.headers["Content-Length"] == str(len(relayed))
+        assert await resp.read() == relayed
+    assert content_calls(upstream) == calls
+    keeper = OutputKeeper(service_of(gw), "test-owner", lease_seconds=60)
+    assert await keeper.sweep() == 1  # only the error file was left to copy
+
+
+async def test_a_relayed_download_works_when_no_copy_can_be_written(
+    start_remote: Callable[..., Awaitable[tuple[Gateway, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gw, upstream = await start_remote(keep=False)
+    output_id, _ = await finished_batch(gw)
+    keeping_on(gw, monkeypatch)
+    staging = gw.config.blobs.dir / "tmp"
+    staging.rmdir()
+    staging.write_bytes(b"")  # no copy can start
+    with caplog.at_level(logging.WARNING, logger="gateway.files"):
+        content = (await gw.client.files.content(output_id)).content
+    assert "while relaying failed (NotADirectoryError)" in caplog.text
+    record = await service_of(gw).store.get_file(output_id)
+    assert record is not None and record.blob is None
+    assert content == rewritten(upstream, record)
+
+
+async def test_a_download_cut_short_keeps_no_copy(
+    start_remote: Callable[..., Awaitable[tuple[Gateway, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gw, _ = await start_remote(keep=False)
+    output_id, _ = await finished_batch(gw)
+    keeping_on(gw, monkeypatch)
+    line = b'{"custom_id": "c", "response": {"status_code": 200, "body": {"x": "%s"}}}\n'
+    line = line.replace(b"%s", b"y" * 4000)
+
+    @asynccontextmanager
+    async def endless(upstream_id: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        async def chunks() -> AsyncIterator[bytes]:
+            while True:
+                yield line * 64
+                await asyncio.sleep(0)
+
+        yield chunks()
+
+    provider = service_of(gw).providers["anyapi"]
+    monkeypatch.setattr(getattr(provider, "inner", provider), "open_file_content", endless)
+    staging = gw.config.blobs.dir / "tmp"
+    async with gw.http.get(gw.url(f"/v1/files/{output_id}/content")) as resp:
+        assert b'"custom_id":"c"' in await resp.content.read(100_000)
+        assert list(staging.iterdir())  # the copy is being written as the bytes pass
+    for _ in range(250):  # the server notices the client left on its next write
+        if not list(staging.iterdir()):
+            break
+        await asyncio.sleep(0.02)
+    assert not list(staging.iterdir())
+    record = await service_of(gw).store.get_file(output_id)
+    assert record is not None and record.blob is None
+    assert not [p for p in gw.config.blobs.dir.iterdir() if p.name.startswith(output_id)]
 
 
 async def test_a_blob_store_that_cannot_write_delays_the_copy(

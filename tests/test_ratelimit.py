@@ -8,7 +8,7 @@ from email.utils import formatdate
 import pytest
 
 from providers.ratelimit import (
-    RateLimiter,
+    TokenBucket,
     backoff_seconds,
     estimate_tokens,
     retry_after_seconds,
@@ -25,7 +25,7 @@ class Clock:
 
 def test_limiter_allows_one_seconds_worth_then_spaces_requests() -> None:
     clock = Clock()
-    limiter = RateLimiter(120, clock=clock)  # 2 per second
+    limiter = TokenBucket(120, clock=clock)  # 2 per second
     for _ in range(2):
         assert limiter.wait_seconds(1) == 0
         limiter.take(1)
@@ -36,7 +36,7 @@ def test_limiter_allows_one_seconds_worth_then_spaces_requests() -> None:
 
 def test_a_request_dearer_than_the_bucket_leaves_debt() -> None:
     clock = Clock()
-    limiter = RateLimiter(60_000, clock=clock)  # 1,000 tokens per second, bucket of 1,000
+    limiter = TokenBucket(60_000, clock=clock)  # 1,000 tokens per second, bucket of 1,000
     assert limiter.wait_seconds(3_000) == 0  # a full bucket admits it...
     limiter.take(3_000)
     assert limiter.wait_seconds(10) == pytest.approx(2.01)  # ...and the next waits it out
@@ -45,7 +45,7 @@ def test_a_request_dearer_than_the_bucket_leaves_debt() -> None:
 
 
 async def test_acquire_waits_for_the_bucket() -> None:
-    limiter = RateLimiter(60 * 50)  # 50 per second, bucket of 50
+    limiter = TokenBucket(60 * 50)  # 50 per second, bucket of 50
     limiter.take(limiter.capacity + 5)  # 5 in debt: the next needs 6 tokens, 0.12 s
     start = time.monotonic()
     await limiter.acquire(1)

@@ -141,3 +141,83 @@ async def test_expires_after_is_honoured(gateway: Gateway) -> None:
             expires_after={"anchor": "created_at", "seconds": 5},
         )
     assert len([f async for f in gateway.client.files.list()]) == 1
+
+
+ANCHOR, SECONDS = "expires_after[anchor]", "expires_after[seconds]"
+# Form fields -> the param the 400 names.
+BAD_EXPIRES_AFTER = {
+    "one JSON field": ({"expires_after": '{"anchor": "created_at", "seconds": 3600}'}, None),
+    "unknown part": ({"expires_after[days]": "1"}, None),
+    "unclosed bracket": ({"expires_after[seconds": "3600"}, None),
+    "dotted name": ({"expires_after.seconds": "3600"}, None),
+    "seconds not a number": ({ANCHOR: "created_at", SECONDS: "an hour"}, SECONDS),
+    "seconds below 3600": ({ANCHOR: "created_at", SECONDS: "3599"}, SECONDS),
+    "seconds above 30 days": ({ANCHOR: "created_at", SECONDS: "2592001"}, SECONDS),
+    "seconds missing": ({ANCHOR: "created_at"}, SECONDS),
+    "unknown anchor": ({ANCHOR: "last_used_at", SECONDS: "3600"}, ANCHOR),
+}
+
+
+def upload_form(fields: dict[str, str], *, after_file: bool = False) -> aiohttp.FormData:
+    """A form with `fields` before the file part (as the SDKs send them), or after it."""
+    form = aiohttp.FormData()
+    form.add_field("purpose", "batch")
+    if not after_file:
+        for name, value in fields.items():
+            form.add_field(name, value)
+    form.add_field("file", jsonl([chat_line(0)]), filename="in.jsonl")
+    if after_file:
+        for name, value in fields.items():
+            form.add_field(name, value)
+    return form
+
+
+@pytest.mark.parametrize("after_file", [False, True], ids=["before file", "after file"])
+@pytest.mark.parametrize("case", list(BAD_EXPIRES_AFTER))
+async def test_malformed_expires_after_is_400_naming_it_and_stores_nothing(
+    gateway: Gateway, case: str, after_file: bool
+) -> None:
+    fields, param = BAD_EXPIRES_AFTER[case]
+    form = upload_form(fields, after_file=after_file)
+    async with gateway.http.post(gateway.url("/v1/files"), data=form) as resp:
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == (param or "expires_after"), error
+    assert [f async for f in gateway.client.files.list()] == []
+    assert leftovers(gateway) == []
+
+
+async def test_expires_after_sent_after_the_file_is_refused_not_ignored(gateway: Gateway) -> None:
+    # The file is stored as its part streams in, with the expiry known by then.
+    form = upload_form({ANCHOR: "created_at", SECONDS: "3600"}, after_file=True)
+    async with gateway.http.post(gateway.url("/v1/files"), data=form) as resp:
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+    assert error["param"] == "expires_after" and "before the 'file' part" in error["message"]
+    assert [f async for f in gateway.client.files.list()] == []
+    assert leftovers(gateway) == []
+
+
+@pytest.mark.parametrize("seconds", [3600, 2_592_000])
+async def test_expires_after_at_its_bounds_is_accepted(gateway: Gateway, seconds: int) -> None:
+    form = upload_form({ANCHOR: "created_at", SECONDS: str(seconds)})
+    async with gateway.http.post(gateway.url("/v1/files"), data=form) as resp:
+        assert resp.status == 200
+        uploaded = await resp.json()
+    assert uploaded["expires_at"] == uploaded["created_at"] + seconds
+
+
+@pytest.mark.parametrize("after_file", [False, True], ids=["before file", "after file"])
+async def test_malformed_expires_after_under_an_idempotency_key_is_answered_alike(
+    gateway: Gateway, after_file: bool
+) -> None:
+    answers = []
+    for _ in range(2):
+        form = upload_form({ANCHOR: "created_at", SECONDS: "soon"}, after_file=after_file)
+        headers = {"Idempotency-Key": f"bad-expiry-{after_file}"}
+        async with gateway.http.post(gateway.url("/v1/files"), data=form, headers=headers) as r:
+            answers.append((r.status, await r.read()))
+    assert answers[0] == answers[1] and answers[0][0] == 400
+    assert [f async for f in gateway.client.files.list()] == []
+    assert leftovers(gateway) == []

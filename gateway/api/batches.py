@@ -12,20 +12,15 @@ from gateway.api import cursor_param, int_param, json_response, read_json, servi
 from gateway.auth import tenant_of
 from gateway.errors import InvalidRequest
 from gateway.routing import PROVIDER_HEADER
-from gateway.wire import CreateBatchBody, list_object
+from gateway.wire import (
+    DEFAULT_BATCHES_PAGE,
+    MAX_BATCHES_PAGE,
+    CreateBatchBody,
+    invalid_request,
+    list_object,
+)
 
 STALE_HEADER = "X-Gateway-Stale"
-
-
-def _validation_error(exc: ValidationError) -> InvalidRequest:
-    err = exc.errors()[0]
-    param = ".".join(str(p) for p in err["loc"]) or None
-    if err["type"] == "extra_forbidden":
-        return InvalidRequest(f"Unrecognized request argument supplied: {param}", param=param)
-    if err["type"] == "missing":
-        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param)
-    message = err["msg"].removeprefix("Value error, ")
-    return InvalidRequest(f"Invalid value for '{param}': {message}.", param=param)
 
 
 async def create(request: web.Request) -> web.Response:
@@ -51,7 +46,7 @@ async def _create(request: web.Request, data: Any, provider_header: str | None) 
     try:
         body = CreateBatchBody.model_validate(data)
     except ValidationError as exc:
-        raise _validation_error(exc) from None
+        raise invalid_request(exc) from None
     created = await service(request).create_batch(
         tenant_of(request), body, provider_header=provider_header
     )
@@ -70,7 +65,7 @@ async def list_batches(request: web.Request) -> web.Response:
     page = await service(request).list_batches(
         tenant_of(request),
         after=cursor_param(request),
-        limit=int_param(request, "limit", 20, 1, 100),
+        limit=int_param(request, "limit", DEFAULT_BATCHES_PAGE, 1, MAX_BATCHES_PAGE),
     )
     return json_response(list_object([r.object for r in page.data], page.has_more))
 
@@ -78,10 +73,3 @@ async def list_batches(request: web.Request) -> web.Response:
 async def cancel(request: web.Request) -> web.Response:
     obj = await service(request).cancel_batch(tenant_of(request), request.match_info["batch_id"])
     return json_response(obj)
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/batches", create)
-    app.router.add_get("/v1/batches", list_batches)
-    app.router.add_get("/v1/batches/{batch_id}", retrieve)
-    app.router.add_post("/v1/batches/{batch_id}/cancel", cancel)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from functools import partial
 
@@ -24,15 +24,23 @@ from gateway.auth import tenant_of
 from gateway.blobs import mapped
 from gateway.errors import InvalidRequest, PayloadTooLarge, UnsupportedMedia
 from gateway.store import FileRecord
-from gateway.wire import ExpiresAfter, file_list, file_object
+from gateway.wire import (
+    FILE_PURPOSES,
+    LIST_ORDERS,
+    MAX_FILES_PAGE,
+    MAX_FORM_PARTS,
+    UPLOAD_PURPOSES,
+    ExpiresAfter,
+    file_list,
+    file_object,
+    invalid_request,
+)
 
 CHUNK = 256 * 1024
 MAX_FIELD = 1024
-MAX_PARTS = 8
 # Room for the multipart framing and the small text fields around the file.
 FORM_OVERHEAD = 64 * 1024
-UPLOAD_PURPOSES = ("batch",)
-ALL_PURPOSES = ("batch", "batch_output")
+EXPIRES_AFTER = "expires_after"
 
 
 async def _text(part: BodyPartReader, idle: float) -> str:
@@ -71,17 +79,30 @@ async def _next_part(reader: MultipartReader, idle: float) -> BodyPartReader | N
     return part
 
 
-def _expires_after(fields: dict[str, str]) -> ExpiresAfter | None:
-    anchor, seconds = fields.get("expires_after[anchor]"), fields.get("expires_after[seconds]")
-    if anchor is None and seconds is None:
+def _expires_after(fields: Mapping[str, str]) -> ExpiresAfter | None:
+    """The form's expiry, sent as expires_after[anchor] and expires_after[seconds].
+
+    Any other field named expires_after... is refused, not ignored: a client that
+    meant its file to expire soon must not have it kept for 30 days.
+    """
+    given: dict[str, str] = {}
+    for name, value in fields.items():
+        if not name.startswith(EXPIRES_AFTER):
+            continue
+        key = name.removeprefix(f"{EXPIRES_AFTER}[").removesuffix("]")
+        if name != f"{EXPIRES_AFTER}[{key}]" or key not in ExpiresAfter.model_fields:
+            raise InvalidRequest(
+                f"Unrecognized form field {name[:64]!r}: send expires_after as the fields "
+                "'expires_after[anchor]' and 'expires_after[seconds]'.",
+                param=EXPIRES_AFTER,
+            )
+        given[key] = value
+    if not given:
         return None
     try:
-        return ExpiresAfter.model_validate({"anchor": anchor, "seconds": seconds})
-    except ValidationError:
-        raise InvalidRequest(
-            "'expires_after' needs anchor 'created_at' and seconds between 3600 and 2592000.",
-            param="expires_after",
-        ) from None
+        return ExpiresAfter.model_validate(given)
+    except ValidationError as exc:
+        raise invalid_request(exc, form_field=EXPIRES_AFTER) from None
 
 
 async def upload(request: web.Request) -> web.Response:
@@ -121,24 +142,26 @@ async def _receive(
     fields: dict[str, str] = {}
     record: FileRecord | None = None
     filename: str | None = None
+    expires_after: ExpiresAfter | None = None
     parts = 0
     try:
         while (part := await _next_part(reader, idle)) is not None:
             parts += 1
-            if parts > MAX_PARTS:
-                raise InvalidRequest(f"A file upload has at most {MAX_PARTS} form parts.")
+            if parts > MAX_FORM_PARTS:
+                raise _too_many_parts()
             if part.name == "file" and part.filename is not None:
                 if record is not None:
                     raise InvalidRequest("Send exactly one 'file' part.", param="file")
                 purpose = fields.get("purpose", "batch")
                 if purpose not in UPLOAD_PURPOSES:
                     raise _bad_purpose(purpose)
+                expires_after = _expires_after(fields)  # refused before anything is stored
                 filename = part.filename
                 record = await svc.upload(
                     tenant,
                     part.filename[:255] or "upload.jsonl",
                     _chunks(part, idle),
-                    _expires_after(fields),
+                    expires_after,
                 )
             elif part.name:
                 fields[part.name] = await _text(part, idle)
@@ -150,6 +173,10 @@ async def _receive(
             raise InvalidRequest("The 'purpose' field is missing.", param="purpose")
         if fields["purpose"] not in UPLOAD_PURPOSES:
             raise _bad_purpose(fields["purpose"])
+        if _expires_after(fields) != expires_after:  # the file is stored: too late to apply
+            raise InvalidRequest(
+                "Send the expires_after fields before the 'file' part.", param=EXPIRES_AFTER
+            )
     except BaseException:
         if record is not None:  # a later part was bad: nothing of this upload stays
             await svc.discard_upload(record)
@@ -166,8 +193,8 @@ async def _fingerprint_form(reader: MultipartReader, idle: float, max_bytes: int
     parts = 0
     while (part := await _next_part(reader, idle)) is not None:
         parts += 1
-        if parts > MAX_PARTS:
-            raise InvalidRequest(f"A file upload has at most {MAX_PARTS} form parts.")
+        if parts > MAX_FORM_PARTS:
+            raise _too_many_parts()
         if part.name == "file" and part.filename is not None:
             if digest is not None:
                 raise InvalidRequest("Send exactly one 'file' part.", param="file")
@@ -188,6 +215,10 @@ def _too_large(max_bytes: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"The file is larger than the limit of {max_bytes} bytes.", param="file")
 
 
+def _too_many_parts() -> InvalidRequest:
+    return InvalidRequest(f"A file upload has at most {MAX_FORM_PARTS} form parts.")
+
+
 def _bad_purpose(purpose: str) -> InvalidRequest:
     return InvalidRequest(
         f"Invalid purpose {purpose[:64]!r}: this gateway accepts uploads with purpose 'batch'.",
@@ -197,16 +228,16 @@ def _bad_purpose(purpose: str) -> InvalidRequest:
 
 async def list_files(request: web.Request) -> web.Response:
     purpose = request.query.get("purpose")
-    if purpose is not None and purpose not in ALL_PURPOSES:
+    if purpose is not None and purpose not in FILE_PURPOSES:
         raise InvalidRequest(
-            f"'purpose' must be one of: {', '.join(ALL_PURPOSES)}.", param="purpose"
+            f"'purpose' must be one of: {', '.join(FILE_PURPOSES)}.", param="purpose"
         )
     page = await service(request).list_files(
         tenant_of(request),
         purpose=purpose,
         after=cursor_param(request),
-        limit=int_param(request, "limit", 10_000, 1, 10_000),
-        order=choice_param(request, "order", "desc", ("asc", "desc")),
+        limit=int_param(request, "limit", MAX_FILES_PAGE, 1, MAX_FILES_PAGE),
+        order=choice_param(request, "order", "desc", LIST_ORDERS),
     )
     return json_response(file_list(page))
 
@@ -249,11 +280,3 @@ async def content(request: web.Request) -> web.StreamResponse:
     finally:
         svc.events.file_bytes("download", sent)
     return response
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/files", upload)
-    app.router.add_get("/v1/files", list_files)
-    app.router.add_get("/v1/files/{file_id}", retrieve)
-    app.router.add_delete("/v1/files/{file_id}", delete)
-    app.router.add_get("/v1/files/{file_id}/content", content)

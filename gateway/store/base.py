@@ -58,6 +58,17 @@ class BatchRecord:
         return str(self.object["status"])
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderDeletion:
+    provider: str
+    upstream_id: str
+    # "input" or "output": what the copy was, for the leftovers report.
+    what: str
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+
+
 @dataclass(slots=True)
 class WebhookDelivery:
     id: int
@@ -73,7 +84,30 @@ class Page(Generic[T]):
     has_more: bool = False
 
 
-class Store(Protocol):
+class RetentionMethods(Protocol):
+    """Provider copies the gateway no longer needs, queued for deletion there."""
+
+    async def queue_ended_inputs(self, providers: Sequence[str], now: float, limit: int) -> int:
+        """Queue copies of input files that a batch at their provider used and no batch
+        still runs from (they leave the upload cache)."""
+        ...
+
+    async def queue_kept_outputs(self, providers: Sequence[str], now: float, limit: int) -> int:
+        """Queue provider copies of output files the gateway holds a copy of."""
+        ...
+
+    async def due_deletions(self, now: float, limit: int) -> list[ProviderDeletion]: ...
+
+    async def finish_deletion(
+        self, provider: str, upstream_id: str, *, retry_at: float | None, error: str | None
+    ) -> None:
+        """Deleted (`retry_at` None), or to be tried again at `retry_at`."""
+        ...
+
+    async def leftovers(self) -> list[ProviderDeletion]: ...
+
+
+class Store(RetentionMethods, Protocol):
     """Everything the gateway persists; SQLite and PostgreSQL implement it alike."""
 
     async def close(self) -> None: ...

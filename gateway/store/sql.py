@@ -20,6 +20,7 @@ from gateway.store import migrate
 from gateway.store.base import BatchRecord, FileRecord, Page, UnknownCursor, WebhookDelivery
 from gateway.store.idempotency import IdempotencyStore
 from gateway.store.migrate import Executor, Row
+from gateway.store.retention import RetentionStore
 from gateway.store.rows import (
     BATCH_COLS,
     FILE_COLS,
@@ -30,7 +31,7 @@ from gateway.store.rows import (
 )
 
 
-class SQLStore(IdempotencyStore, ABC):
+class SQLStore(IdempotencyStore, RetentionStore, ABC):
     """Every Store method, over whatever connections a backend provides."""
 
     dialect: ClassVar[str]
@@ -138,7 +139,17 @@ class SQLStore(IdempotencyStore, ABC):
         return Page([file_from_row(r) for r in rows[:limit]], len(rows) > limit)
 
     async def delete_file(self, file_id: str) -> None:
+        # The file's copies at providers are queued for deletion there in the same
+        # transaction: a client's delete reaches every provider, however late.
         async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO provider_deletions"
+                " (provider, upstream_id, what, attempts, next_attempt_at, last_error)"
+                " SELECT provider, upstream_id, 'input', 0, ?, NULL FROM upstream_files"
+                " WHERE file_id = ? ON CONFLICT (provider, upstream_id) DO NOTHING",
+                time.time(),
+                file_id,
+            )
             await db.execute("DELETE FROM upstream_files WHERE file_id = ?", file_id)
             await db.execute("DELETE FROM files WHERE id = ?", file_id)
 

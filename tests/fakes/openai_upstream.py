@@ -11,6 +11,13 @@ completed (or cancelling -> cancelled). Input lines whose `body.model == "fail-m
 error file with a 400 response; an unparseable input file makes the batch `failed`.
 Stored objects keep private keys prefixed with `_` (`files[id]["_content"]` holds the raw bytes).
 
+`flavor="llama_stack"` behaves like llama-stack 0.7.3's OpenAI-compatible Batch API instead:
+result lines whose `id` and `response.request_id` are `batch_req_<batch id>_<line number>`,
+whose `response.body` is a JSON-encoded string and which have no `error` key; failed requests
+as bare `{id, custom_id, error: {type, message}}` lines; both files always made (an empty one
+is 0 bytes), without a trailing newline and with purpose `batch`; file objects without
+`status`/`status_details`.
+
 Faults (`fail_next`, `fail_on`, `fault_rates`, ...) and the busy-account mode
 (`preload_batches`, `background_creates_per_second`) come from `tests.fakes.faults`; deferred
 faults replay `POST /v1/batches` and `POST /v1/batches/{batch_id}/cancel`.
@@ -62,6 +69,8 @@ class FakeOpenAIState(FaultState):
     auth_headers: list[str] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)
     cancel_style: Literal["full", "partial"] = "full"
+    # Which service's result files and file objects to imitate (see the module docstring).
+    flavor: Literal["openai", "llama_stack"] = "openai"
     placeholders: bool = False
     endpoints: frozenset[str] = FASTAPI_ENDPOINTS
     latency: float = 0.0
@@ -166,6 +175,8 @@ def _store_file(
         "status_details": None,
         "_content": content,
     }
+    if state.flavor == "llama_stack":  # its OpenAIFileObject has no status fields
+        del state.files[file_id]["status"], state.files[file_id]["status_details"]
     return state.files[file_id]
 
 
@@ -391,6 +402,17 @@ def _result_line(custom_id: Any, status: int, body: Json) -> str:
     return json.dumps({**line, "response": response, "error": None})
 
 
+def _llama_stack_line(batch_id: str, number: int, custom_id: Any, body: Json | None) -> str:
+    """llama-stack's line: its own ids from the batch id, the body JSON-encoded, or a bare
+    error (`body` None) as its batch processor writes when inference raises."""
+    line_id = f"batch_req_{batch_id}_{number}"
+    if body is None:
+        error = {"type": "request_failed", "message": "Error code: 404 - model not found"}
+        return json.dumps({"id": line_id, "custom_id": custom_id, "error": error})
+    response = {"status_code": 200, "request_id": line_id, "body": json.dumps(body)}
+    return json.dumps({"id": line_id, "custom_id": custom_id, "response": response})
+
+
 def _chat_completion(model: str, custom_id: Any) -> Json:
     message = {"role": "assistant", "content": f"fake reply to {custom_id}"}
     return {
@@ -408,9 +430,13 @@ def _finish(state: FakeOpenAIState, batch: Json) -> None:
     ok: list[str] = []
     failed: list[str] = []
     prompt = completion = 0
-    for line in batch["_lines"]:
+    llama = state.flavor == "llama_stack"
+    for number, line in enumerate(batch["_lines"], start=1):
         model, custom_id = line["body"].get("model", "gpt-4o-mini"), line.get("custom_id")
         if model == FAIL_MODEL:
+            if llama:
+                failed.append(_llama_stack_line(batch["id"], number, custom_id, None))
+                continue
             msg = f"The model `{model}` does not exist."
             body = envelope(msg, "invalid_request_error", "model", "model_not_found")
             failed.append(_result_line(custom_id, 400, body))
@@ -418,9 +444,16 @@ def _finish(state: FakeOpenAIState, batch: Json) -> None:
         body = _chat_completion(model, custom_id)
         prompt += body["usage"]["prompt_tokens"]
         completion += body["usage"]["completion_tokens"]
-        ok.append(_result_line(custom_id, 200, body))
+        if llama:
+            ok.append(_llama_stack_line(batch["id"], number, custom_id, body))
+        else:
+            ok.append(_result_line(custom_id, 200, body))
     for key, out_lines in (("output_file_id", ok), ("error_file_id", failed)):
-        if out_lines:
+        if llama:  # both files, always; joined without a trailing newline
+            name = f"{batch['id']}_{'success' if key == 'output_file_id' else 'error'}.jsonl"
+            content = "\n".join(out_lines).encode()
+            batch[key] = _store_file(state, content, name, "batch", None)["id"]
+        elif out_lines:
             content = ("\n".join(out_lines) + "\n").encode()
             name = f"{batch['id']}_{key.removesuffix('_file_id')}.jsonl"
             batch[key] = _store_file(state, content, name, "batch_output", None)["id"]

@@ -35,7 +35,7 @@ from providers.base import (
     ProviderError,
     UpstreamBatch,
 )
-from providers.ratelimit import backoff_seconds
+from providers.retry import backoff_seconds
 
 log = logging.getLogger("gateway.service")
 

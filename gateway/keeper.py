@@ -24,7 +24,7 @@ from contextlib import suppress
 from gateway.service import GatewayService
 from gateway.store import FileRecord
 from providers.base import Provider, ProviderError
-from providers.ratelimit import backoff_seconds
+from providers.retry import backoff_seconds
 
 log = logging.getLogger("gateway.keeper")
 

@@ -17,7 +17,7 @@ import time
 
 from gateway.service import GatewayService
 from providers.base import ProviderError
-from providers.ratelimit import backoff_seconds
+from providers.retry import backoff_seconds
 
 log = logging.getLogger("gateway.retention")
 

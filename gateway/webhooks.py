@@ -20,7 +20,7 @@ import aiohttp
 
 from gateway.config import WebhookConfig
 from gateway.store.base import Store, WebhookDelivery
-from providers.ratelimit import backoff_seconds
+from providers.retry import backoff_seconds
 
 log = logging.getLogger("gateway.webhooks")
 

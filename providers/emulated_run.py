@@ -29,7 +29,7 @@ import orjson
 from providers.base import ProviderError, now
 from providers.http import RawResponse, kind_for_status
 from providers.localfiles import ResultSpool, input_lines
-from providers.ratelimit import Throttle, backoff_seconds, estimate_tokens, retry_after_seconds
+from providers.ratelimit import Throttle, estimate_tokens
 from providers.results import (
     CANCELLED,
     EXPIRED,
@@ -38,6 +38,7 @@ from providers.results import (
     response_line,
     stable_hex,
 )
+from providers.retry import backoff_seconds, retry_after_seconds
 
 __all__ = ["BatchRun", "Limits", "Send"]
 

@@ -22,7 +22,7 @@ import orjson
 from providers.base import BaseProvider, ErrorKind, ProviderError, UpstreamBatch
 from providers.egress import DIRECT, Egress
 from providers.pool import ConnectError, ConnectionPool
-from providers.ratelimit import retry_after_seconds
+from providers.retry import retry_after_seconds
 
 # What a provider's message may carry that is not the gateway's to show: its upstream ids,
 # URLs, host:port pairs and addresses, organization and project ids, and API keys (its own,

@@ -1,19 +1,14 @@
-"""Client-side limits for adapters that send requests one by one: how many at once, how
-many requests and tokens per minute, and how long to wait before a retry.
+"""Client-side limits for adapters that send requests one by one: how many at once, and
+how many requests and tokens per minute. (How long to wait before a retry: `retry.py`.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
-from collections.abc import Callable, Mapping
-from email.utils import parsedate_to_datetime
+from collections.abc import Callable
 
-__all__ = ["TokenBucket", "Throttle", "backoff_seconds", "estimate_tokens", "retry_after_seconds"]
-
-MAX_BACKOFF_SECONDS = 60.0
-MAX_RETRY_AFTER_SECONDS = 600.0
+__all__ = ["TokenBucket", "Throttle", "estimate_tokens"]
 
 
 class TokenBucket:
@@ -76,36 +71,3 @@ def estimate_tokens(body: bytes, max_tokens: object = None) -> int:
     """About four bytes of JSON per prompt token, plus what the answer may cost."""
     answer = max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else 0
     return max(1, len(body) // 4 + max(answer, 0))
-
-
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """The server's `retry-after-ms` / `retry-after` (seconds or HTTP date), if any."""
-    ms = headers.get("retry-after-ms")
-    try:
-        if ms is not None:
-            return min(max(float(ms) / 1000, 0.0), MAX_RETRY_AFTER_SECONDS)
-    except ValueError:
-        pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
-            return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
-
-
-def backoff_seconds(
-    attempt: int, base: float, retry_after: float | None = None, *, cap: float = MAX_BACKOFF_SECONDS
-) -> float:
-    """Delay before retry number `attempt + 1`: what the server asked for, else exponential
-    with jitter (half to all of `base * 2**attempt`, at most `cap`) so that many calls
-    failing together do not come back together. Every retry loop of the project uses it."""
-    if retry_after is not None:
-        return retry_after
-    ceiling = min(cap, base * 2**attempt)
-    return random.uniform(ceiling / 2, ceiling)

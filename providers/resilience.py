@@ -23,7 +23,7 @@ from providers.base import (
     UpstreamBatch,
     UpstreamFile,
 )
-from providers.ratelimit import backoff_seconds
+from providers.retry import backoff_seconds
 
 T = TypeVar("T")
 BreakerState = Literal["closed", "open", "half_open"]

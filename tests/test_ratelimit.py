@@ -1,4 +1,4 @@
-"""Client-side limits as plain functions and objects, on a fake clock."""
+"""Client-side limits and the retry policy as plain functions and objects, on a fake clock."""
 
 from __future__ import annotations
 
@@ -7,12 +7,8 @@ from email.utils import formatdate
 
 import pytest
 
-from providers.ratelimit import (
-    TokenBucket,
-    backoff_seconds,
-    estimate_tokens,
-    retry_after_seconds,
-)
+from providers.ratelimit import TokenBucket, estimate_tokens
+from providers.retry import backoff_seconds, retry_after_seconds
 
 
 class Clock:

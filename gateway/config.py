@@ -390,14 +390,6 @@ class Config(_Model):
     # Folder that relative paths were resolved against (the config file's own).
     base_dir: Path = Field(Path("."), exclude=True)
 
-    def enabled_providers(self) -> dict[str, AnyProviderConfig]:
-        return {n: p for n, p in self.providers.items() if p.disabled_reason is None}
-
-    def sqlite_path(self) -> Path | None:
-        if not self.store.url.startswith("sqlite:///"):
-            return None
-        return Path(self.store.url.removeprefix("sqlite:///"))
-
 
 def interpolate(value: Any, missing: list[tuple[str, str]], path: str = "") -> Any:
     """Resolve `${VAR}` / `${VAR:-default}` in every string; note unset variables."""

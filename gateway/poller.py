@@ -21,7 +21,7 @@ import socket
 import time
 from contextlib import suppress
 
-from gateway import metrics
+from gateway import idempotency, metrics
 from gateway.config import PollerConfig
 from gateway.repair import Repairer
 from gateway.retention import Retention
@@ -157,7 +157,7 @@ class Poller:
             await self.service.sweep_expired()
             await self.retention.run_once()
             await self.service.store.prune_rate_windows(int(time.time()) - 3600)
-            await self.service.store.prune_idempotency_keys(time.time() - 86_400)
+            await self.service.store.prune_idempotency_keys(time.time() - idempotency.KEEP_SECONDS)
 
     async def stop(self) -> None:
         for task in self._loops.values():

@@ -59,3 +59,14 @@ def make_config(base_dir: Path, **overrides: Any) -> Config:
     }
     raw.update(overrides)
     return parse_config(raw, base_dir)
+
+
+def sqlite_path(config: Config) -> Path | None:
+    """The SQLite file a config's store names (None for PostgreSQL)."""
+    url = config.store.url
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+def enabled_providers(config: Config) -> list[str]:
+    """The providers a config leaves in routing."""
+    return [name for name, p in config.providers.items() if p.disabled_reason is None]

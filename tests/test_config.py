@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError, OpenAIProviderConfig, load_config
+from tests.support import enabled_providers, sqlite_path
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,7 +34,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 def test_shipped_config_is_valid_and_lists_the_providers() -> None:
     config = load_config(REPO / "config.yaml")
     assert config.default == "sandbox"
-    assert config.sqlite_path() == REPO / "data" / "gateway.db"
+    assert sqlite_path(config) == REPO / "data" / "gateway.db"
     anyapi, fastapi = config.providers["anyapi"], config.providers["fastapi"]
     assert isinstance(anyapi, OpenAIProviderConfig) and isinstance(fastapi, OpenAIProviderConfig)
     assert anyapi.base_url == "https://api.anyapi.ai/v1"
@@ -66,7 +67,7 @@ default: up
     assert up.api_key.get_secret_value() == "sk-from-env"
     assert up.disabled_reason is None
     assert config.providers["nokey"].disabled_reason == "api_key is not set (UNSET_KEY)"
-    assert set(config.enabled_providers()) == {"up"}
+    assert set(enabled_providers(config)) == {"up"}
 
 
 def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:
@@ -82,7 +83,7 @@ default: sandbox
 """,
     )
     config = load_config(path)
-    assert config.sqlite_path() == folder / "state" / "gw.db"
+    assert sqlite_path(config) == folder / "state" / "gw.db"
     assert config.blobs.dir == folder / "blobs"
     assert config.blobs.keep_provider_outputs is False  # resolving kept the other settings
     assert config.providers["sandbox"].dir == folder / "sbx"  # type: ignore[union-attr]

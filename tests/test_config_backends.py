@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from gateway.config import ConfigError, parse_config
+from tests.support import sqlite_path
 
 SANDBOX = {"providers": {"s": {"type": "sandbox"}}, "default": "s"}
 
@@ -24,7 +25,7 @@ def test_a_postgres_url_is_accepted_from_the_environment(
     monkeypatch.setenv("PG_URL", url)
     config = parse(tmp_path, store={"url": "${PG_URL}"})
     assert config.store.url == url
-    assert config.sqlite_path() is None
+    assert sqlite_path(config) is None
     assert config.store.display_url() == f"{scheme}://gw:***@db.internal:5432/gateway"
 
 

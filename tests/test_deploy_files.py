@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from gateway.config import Config, load_config
+from tests.support import enabled_providers, sqlite_path
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -168,7 +169,7 @@ def test_compose_mounts_exist_and_pass_provider_keys() -> None:
 def state_dirs(config: Config) -> list[Path]:
     """Every path the gateway writes: the SQLite file, blobs, and providers' own folders."""
     dirs = [config.blobs.dir]
-    db = config.sqlite_path()
+    db = sqlite_path(config)
     assert db is not None
     dirs.append(db)
     dirs += [p.dir for p in config.providers.values() if isinstance(getattr(p, "dir", None), Path)]
@@ -185,7 +186,7 @@ def test_docker_config_keeps_state_on_the_image_volume(monkeypatch: pytest.Monke
         assert path.parent == Path("/var/lib/batch-gateway"), path
     assert config.server.host == "0.0.0.0"
     # No keys: the stack still starts, on the sandbox.
-    assert list(config.enabled_providers()) == ["sandbox"]
+    assert list(enabled_providers(config)) == ["sandbox"]
 
 
 def test_dockerfile_runs_the_mounted_config_as_non_root() -> None:

@@ -241,6 +241,8 @@ class _ProviderBase(_Model):
     ca_file: Path | None = None
     # false: any certificate is accepted (warned about at every start).
     tls_verify: bool = True
+    # What carries the small JSON calls: the kept-alive pool, or aiohttp's client as a fallback.
+    transport: Literal["pool", "aiohttp"] = "pool"
     # Set by the loader, not by users: why a provider is out of routing.
     disabled_reason: str | None = Field(None, exclude=True)
 

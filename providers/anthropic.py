@@ -44,9 +44,9 @@ from providers.base import (
     UpstreamBatch,
     now,
 )
-from providers.egress import DIRECT, Egress
 from providers.http import HTTPProvider, iter_lines, path_id
 from providers.localfiles import LocalFileMethods, LocalFiles, ResultSpool, input_lines, write_json
+from providers.transport import HTTPSettings
 
 __all__ = ["AnthropicProvider", "write_request_body"]
 
@@ -95,6 +95,7 @@ def _original_id(custom_id: Any, originals: list[str] | None) -> Any:
 
 class AnthropicProvider(LocalFileMethods, HTTPProvider):
     error_code_key = "type"  # `{"type": "error", "error": {"type", "message"}}`
+    key_header, key_prefix = "x-api-key", ""
     # Message Batches carry no metadata: a create of unknown outcome is recognised by the
     # batches made since it began with its request count (`candidates`).
     lookup: Lookup = "count"
@@ -103,28 +104,16 @@ class AnthropicProvider(LocalFileMethods, HTTPProvider):
         self,
         name: str,
         endpoints: frozenset[str],
+        http: HTTPSettings,
         *,
-        base_url: str,
         api_key: str,
         anthropic_version: str,
         directory: Path,
         default_max_tokens: int | None = None,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 60.0,
         finalize_wait_seconds: float = 5.0,
-        egress: Egress = DIRECT,
     ) -> None:
-        headers = {"x-api-key": api_key, "anthropic-version": anthropic_version}
-        super().__init__(
-            name,
-            endpoints & {CHAT},
-            base_url=base_url,
-            headers=headers,
-            secrets=(api_key,),
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            egress=egress,
-        )
+        headers = {"anthropic-version": anthropic_version}
+        super().__init__(name, endpoints & {CHAT}, http, api_key=api_key, headers=headers)
         self.directory = Path(directory)
         self.files = LocalFiles(self.directory, "file-anth", "the anthropic adapter")
         self.default_max_tokens = default_max_tokens

@@ -36,7 +36,6 @@ from providers.base import (
     RequestCounts,
     UpstreamBatch,
 )
-from providers.egress import DIRECT, Egress
 from providers.emulated_run import BatchRun, Limits
 from providers.http import HTTPProvider, RawResponse
 from providers.localfiles import (
@@ -48,6 +47,7 @@ from providers.localfiles import (
     write_json,
 )
 from providers.ratelimit import Throttle
+from providers.transport import HTTPSettings
 
 __all__ = ["EmulatedProvider", "Limits"]
 
@@ -74,25 +74,13 @@ class EmulatedProvider(LocalFileMethods, HTTPProvider):
         self,
         name: str,
         endpoints: frozenset[str],
+        http: HTTPSettings,
         *,
-        base_url: str,
         api_key: str | None,
         directory: Path,
         limits: Limits,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 600.0,
-        egress: Egress = DIRECT,
     ) -> None:
-        super().__init__(
-            name,
-            endpoints,
-            base_url=base_url,
-            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
-            secrets=(api_key,) if api_key else (),
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            egress=egress,
-        )
+        super().__init__(name, endpoints, http, api_key=api_key)
         self.directory = Path(directory)
         self.files = LocalFiles(self.directory, "file-emu", "the emulated provider")
         self.limits = limits

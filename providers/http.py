@@ -1,8 +1,9 @@
 """HTTP plumbing shared by every adapter that talks to a remote API.
 
-Per provider, for the process lifetime: a pool of kept-alive connections for the
-small JSON calls (`pool.py`), and an aiohttp `ClientSession` for multipart
-uploads and streamed downloads. One place turns transport failures and non-2xx
+Per provider, for the process lifetime: a `Transport` for the small JSON calls (the
+kept-alive pool of `pool.py`, or aiohttp's client for `transport: aiohttp`), and an
+aiohttp session for multipart uploads and streamed downloads (`transport.py`). All of
+it is set by one `HTTPSettings`. One place turns transport failures and non-2xx
 answers into `ProviderError`s whose messages are safe to show a client: the key,
 the base URL and upstream ids are scrubbed out before anything leaves this module.
 """
@@ -20,9 +21,15 @@ import aiohttp
 import orjson
 
 from providers.base import BaseProvider, ErrorKind, ProviderError, UpstreamBatch
-from providers.egress import DIRECT, Egress
-from providers.pool import ConnectError, ConnectionPool
+from providers.pool import ConnectionPool
 from providers.retry import retry_after_seconds
+from providers.transport import (
+    AiohttpTransport,
+    ConnectError,
+    HTTPSettings,
+    Transport,
+    aiohttp_failure,
+)
 
 # What a provider's message may carry that is not the gateway's to show: its upstream ids,
 # URLs, host:port pairs and addresses, organization and project ids, and API keys (its own,
@@ -61,10 +68,10 @@ def kind_for_status(status: int) -> ErrorKind:
 
 def transport_error(exc: BaseException) -> ProviderError:
     """A failure below HTTP. Only a failed connect proves the request never arrived."""
+    if isinstance(exc, aiohttp.ClientError):  # a fallback: the transports raise in pool terms
+        exc = aiohttp_failure(exc)
     if isinstance(exc, ConnectError):
         return ProviderError("retryable", str(exc))
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-        return ProviderError("retryable", f"could not connect ({type(exc).__name__})")
     if isinstance(exc, TimeoutError):
         return ProviderError("retryable", "the request timed out", ambiguous=True)
     message = f"connection failed ({type(exc).__name__})"
@@ -111,73 +118,39 @@ class HTTPProvider(BaseProvider):
     # Which key of the error object names the error: OpenAI's envelope says `code`,
     # Anthropic's `{"type": "error", "error": {"type", "message"}}` says `type`.
     error_code_key = "code"
+    # How the API key is sent: OpenAI's `Authorization: Bearer <key>`; Anthropic's
+    # `x-api-key: <key>`.
+    key_header = "Authorization"
+    key_prefix = "Bearer "
 
     def __init__(
         self,
         name: str,
         endpoints: frozenset[str],
+        http: HTTPSettings,
         *,
-        base_url: str,
-        headers: dict[str, str],
-        secrets: tuple[str, ...],
-        connect_timeout: float = 10.0,
-        read_timeout: float = 60.0,
-        egress: Egress = DIRECT,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        """`egress`: the proxy and TLS settings both HTTP paths use (`build_egress`)."""
+        """`api_key`: sent on every call and scrubbed from every message; `headers`: any
+        other the adapter sends on every call."""
         super().__init__(name, endpoints)
-        self.base_url = base_url.rstrip("/")
-        self._headers = headers
-        self._secrets = tuple(s for s in (*secrets, *egress.secrets, self.base_url) if s)
+        self.base_url = http.base_url.rstrip("/")
+        auth = {self.key_header: self.key_prefix + api_key} if api_key else {}
+        headers = {**auth, **(headers or {})}
+        secrets = (api_key, *http.egress.secrets, self.base_url)
+        self._secrets = tuple(s for s in secrets if s)
         self._host = urlsplit(self.base_url).hostname or ""
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=read_timeout
-        )
-        self._session: aiohttp.ClientSession | None = None
-        self._egress = egress
-        # aiohttp takes proxy credentials only as headers (proxy_auth is deprecated): its
-        # proxy_headers go on a CONNECT (https) only; a forward proxy (http) reads them
-        # from each request.
-        auth = egress.proxy_authorization
-        self._proxy_headers: dict[str, str] | None = None
-        if auth and urlsplit(self.base_url).scheme == "https":
-            self._proxy_headers = {"Proxy-Authorization": auth}
-        elif auth:
-            self._headers = {**headers, "Proxy-Authorization": auth}
-        self._pool = ConnectionPool(
-            self.base_url,
-            headers,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            ssl_context=egress.ssl_context,
-            proxy=egress.proxy_address,
-            proxy_authorization=auth,
-        )
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            # No session-wide headers: aiohttp copies those into what it sends a proxy
-            # (an Authorization among them becomes Proxy-Authorization), so the key goes
-            # with each request instead.
-            self._session = aiohttp.ClientSession(
-                timeout=self._timeout,
-                connector=aiohttp.TCPConnector(
-                    limit=256, ttl_dns_cache=300, ssl=self._egress.ssl_context or True
-                ),
-                # Resolved once by build_egress (NO_PROXY included), not per request.
-                proxy=self._egress.proxy,
-                trust_env=False,
-                # Provider APIs authenticate by header; a real jar only costs a
-                # cookie filter and update on every call.
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-        return self._session
+        # Uploads and downloads always; the small calls too unless the pool takes them.
+        self._client = AiohttpTransport(http, headers)
+        self._transport: Transport = self._client
+        if http.transport == "pool":
+            self._transport = ConnectionPool(http, headers)
 
     async def close(self) -> None:
-        await self._pool.close()
-        if self._session is not None:
-            await self._session.close()
+        if self._transport is not self._client:
+            await self._transport.close()
+        await self._client.close()
 
     def scrub(self, text: str) -> str:
         """A provider's message made safe for a client and a log line."""
@@ -206,26 +179,19 @@ class HTTPProvider(BaseProvider):
     ) -> RawResponse:
         """One request; only transport failures raise (as retryable ProviderErrors).
 
-        A body of bytes or JSON goes through the connection pool; a form or an open
+        A body of bytes or JSON goes through the provider's transport; a form or an open
         file (uploads, big request bodies) is streamed by aiohttp.
         """
         with transport_errors():
-            if data is not None and not isinstance(data, bytes):
-                url = self.base_url + path
-                async with self.session.request(
-                    method,
-                    url,
-                    data=data,
-                    headers={**self._headers, **headers} if headers else self._headers,
-                    proxy_headers=self._proxy_headers,
-                ) as resp:
-                    return RawResponse(resp.status, resp.headers.copy(), await resp.read())
             if json is not None:
                 data = orjson.dumps(json)
                 headers = {"Content-Type": "application/json", **(headers or {})}
             target = f"{path}?{urlencode(params)}" if params else path
-            status, answer_headers, body = await self._pool.request(method, target, data, headers)
-            return RawResponse(status, answer_headers, body)
+            if data is None or isinstance(data, bytes):
+                answer = await self._transport.request(method, target, data, headers)
+            else:
+                answer = await self._client.request(method, target, data, headers)
+            return RawResponse(*answer)
 
     async def request_json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         resp = await self.request_raw(method, path, **kwargs)
@@ -246,12 +212,7 @@ class HTTPProvider(BaseProvider):
     async def stream(self, path: str) -> AsyncIterator[AsyncIterator[bytes]]:
         """GET `path` and yield its body as chunks; errors surface on entry."""
         with transport_errors():
-            async with self.session.get(
-                self.base_url + path,
-                headers=self._headers,
-                read_bufsize=STREAM_BUFFER,
-                proxy_headers=self._proxy_headers,
-            ) as resp:
+            async with self._client.open("GET", path, read_bufsize=STREAM_BUFFER) as resp:
                 if resp.status >= 400:
                     raise self.http_error(resp.status, await resp.read(), resp.headers)
                 yield _received(resp.content)

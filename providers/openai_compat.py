@@ -29,7 +29,6 @@ from providers.base import (
     UpstreamBatch,
     UpstreamFile,
 )
-from providers.egress import DIRECT, Egress
 from providers.http import HTTPProvider, path_id
 
 # Unix seconds before 2001-09-09 are placeholders, not times (anyapi.ai's docs send 123).
@@ -167,29 +166,9 @@ def parse_file(data: Mapping[str, Any]) -> UpstreamFile:
 
 
 class OpenAICompatProvider(HTTPProvider):
-    lookup: Lookup = "tag"
+    """Built with `(name, endpoints, HTTPSettings, api_key=...)`, sent as a Bearer token."""
 
-    def __init__(
-        self,
-        name: str,
-        endpoints: frozenset[str],
-        *,
-        base_url: str,
-        api_key: str,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 60.0,
-        egress: Egress = DIRECT,
-    ) -> None:
-        super().__init__(
-            name,
-            endpoints,
-            base_url=base_url,
-            headers={"Authorization": f"Bearer {api_key}"},
-            secrets=(api_key,),
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            egress=egress,
-        )
+    lookup: Lookup = "tag"
 
     def _batch(self, data: Mapping[str, Any]) -> UpstreamBatch:
         return self.scrub_batch(parse_batch(data))

@@ -5,7 +5,8 @@ CPU per call on the gateway's busiest path, the retrieve of an active batch, and
 halved what one process could serve (bench item 1 at c=64: 3,250 req/s through
 aiohttp, 6,580 through this pool). This writes one request built from prebuilt
 bytes and lets httptools (llhttp, the parser uvicorn uses) read the answer.
-Streamed downloads and multipart uploads stay on aiohttp.
+Streamed downloads and multipart uploads stay on aiohttp (`transport.py`), which
+takes the small calls too for a provider configured with `transport: aiohttp`.
 
 One connection carries one call at a time; idle ones are reused newest first and
 dropped after `IDLE_SECONDS`, before servers typically close them. A call that
@@ -21,7 +22,6 @@ TLS started inside it, and an http one by sending the proxy absolute-form target
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
 import time
 import zlib
@@ -32,26 +32,18 @@ from urllib.parse import urlsplit
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-USER_AGENT = "batch-gateway"
+from providers.transport import (
+    UNSAFE_TARGET,
+    USER_AGENT,
+    Answer,
+    ConnectError,
+    HTTPSettings,
+    LostConnection,
+)
+
 IDLE_SECONDS = 15.0
 MAX_IDLE = 64
 REPEATABLE = frozenset({"GET", "HEAD", "OPTIONS"})
-_UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
-
-
-class ConnectError(ConnectionError):
-    """No connection could be made: the request was never sent."""
-
-
-class LostConnection(ConnectionError):
-    """The connection ended before a whole answer arrived."""
-
-    def __init__(self, message: str, *, answered: bool) -> None:
-        super().__init__(message)
-        self.answered = answered  # some of an answer had arrived
-
-
-Answer = tuple[int, CIMultiDictProxy[str], bytes]
 
 
 class _Connection(asyncio.Protocol):
@@ -202,35 +194,28 @@ def _decoded(encoding: str | None, body: bytes) -> bytes:
 
 
 class ConnectionPool:
-    """Connections to the one origin of `base_url`, with `headers` on every request."""
+    """Connections to the one origin of `http.base_url`, with `headers` on every request.
 
-    def __init__(
-        self,
-        base_url: str,
-        headers: Mapping[str, str],
-        *,
-        connect_timeout: float,
-        read_timeout: float,
-        ssl_context: ssl.SSLContext | None = None,
-        proxy: tuple[str, int] | None = None,
-        proxy_authorization: str | None = None,
-    ) -> None:
-        """`ssl_context` None: the system store; `proxy` (host, port): an HTTP proxy,
-        with `proxy_authorization` the value of its Proxy-Authorization header."""
-        parts = urlsplit(base_url)
+    The default `Transport` (`transport.py`): its failures are already in that module's
+    terms, ConnectError only for a request never sent. From `http.egress`: the TLS context
+    (None: the system store) and the HTTP proxy with its Proxy-Authorization value."""
+
+    def __init__(self, http: HTTPSettings, headers: Mapping[str, str]) -> None:
+        parts = urlsplit(http.base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("base_url must be an http:// or https:// URL")
         https = parts.scheme == "https"
         self._host = parts.hostname
         self._port = parts.port or (443 if https else 80)
-        self._ssl = (ssl_context or ssl.create_default_context()) if https else None
+        self._ssl = (http.egress.ssl_context or ssl.create_default_context()) if https else None
         self._prefix = parts.path.rstrip("/")
         head = {"Host": parts.netloc, "User-Agent": USER_AGENT, **headers}
-        self._proxy = proxy
+        self._proxy = proxy = http.egress.proxy_address
         self._tunnel_request = b""
         if proxy is not None:
             authority = _authority(self._host, self._port)
-            auth = {"Proxy-Authorization": proxy_authorization} if proxy_authorization else {}
+            credentials = http.egress.proxy_authorization
+            auth = {"Proxy-Authorization": credentials} if credentials else {}
             if https:
                 self._tunnel_request = (
                     f"CONNECT {authority} HTTP/1.1\r\n".encode()
@@ -241,8 +226,8 @@ class ConnectionPool:
                 self._prefix = f"http://{authority}{self._prefix}"
                 head.update(auth)
         self._head = _header_lines(head) + b"Accept-Encoding: identity\r\n"
-        self._connect_timeout = connect_timeout
-        self._read_timeout = read_timeout
+        self._connect_timeout = http.connect_timeout
+        self._read_timeout = http.read_timeout
         self._idle: list[_Connection] = []
         self._closed = False
 
@@ -255,7 +240,7 @@ class ConnectionPool:
     ) -> Answer:
         """`target` is the path (and query) under the base URL, already percent-encoded."""
         path = self._prefix + target
-        if _UNSAFE_TARGET.search(path):
+        if UNSAFE_TARGET.search(path):
             raise ValueError("the request target holds a space or a control character")
         data = b"".join(
             (

@@ -11,10 +11,13 @@ from gateway.config import (
 )
 from providers.anthropic import AnthropicProvider
 from providers.base import ALL_ENDPOINTS, Provider
-from providers.egress import Egress, build_egress
+from providers.egress import build_egress
 from providers.emulated import EmulatedProvider, Limits
 from providers.openai_compat import OpenAICompatProvider
 from providers.sandbox import SandboxProvider
+from providers.transport import HTTPSettings
+
+HTTPConfig = OpenAIProviderConfig | AnthropicProviderConfig | EmulatedProviderConfig
 
 
 def _key(config: OpenAIProviderConfig | AnthropicProviderConfig) -> str:
@@ -23,15 +26,21 @@ def _key(config: OpenAIProviderConfig | AnthropicProviderConfig) -> str:
     return config.api_key.get_secret_value()
 
 
-def _egress(
-    name: str, config: OpenAIProviderConfig | AnthropicProviderConfig | EmulatedProviderConfig
-) -> Egress:
-    return build_egress(
+def _settings(name: str, config: HTTPConfig) -> HTTPSettings:
+    """Everything about reaching the upstream, decided once for the adapter to pass on."""
+    egress = build_egress(
         name,
         config.base_url,
         proxy=config.proxy,
         ca_file=config.ca_file,
         tls_verify=config.tls_verify,
+    )
+    return HTTPSettings(
+        config.base_url,
+        connect_timeout=config.connect_timeout_seconds,
+        read_timeout=config.read_timeout_seconds,
+        egress=egress,
+        transport=config.transport,
     )
 
 
@@ -47,24 +56,22 @@ def build_provider(name: str, config: AnyProviderConfig) -> Provider:
             finalize_seconds=config.finalize_seconds,
             cancel_seconds=config.cancel_seconds,
         )
+    http = _settings(name, config)
     if isinstance(config, AnthropicProviderConfig):
         return AnthropicProvider(
             name,
             endpoints,
-            base_url=config.base_url,
+            http,
             api_key=_key(config),
             anthropic_version=config.anthropic_version,
             directory=config.dir,
             default_max_tokens=config.default_max_tokens,
-            connect_timeout=config.connect_timeout_seconds,
-            read_timeout=config.read_timeout_seconds,
-            egress=_egress(name, config),
         )
     if isinstance(config, EmulatedProviderConfig):
         return EmulatedProvider(
             name,
             endpoints,
-            base_url=config.base_url,
+            http,
             api_key=config.api_key.get_secret_value() if config.api_key else None,
             directory=config.dir,
             limits=Limits(
@@ -75,16 +82,5 @@ def build_provider(name: str, config: AnyProviderConfig) -> Provider:
                 retry_backoff_seconds=config.retry_backoff_seconds,
                 completion_window_seconds=config.completion_window_seconds,
             ),
-            connect_timeout=config.connect_timeout_seconds,
-            read_timeout=config.read_timeout_seconds,
-            egress=_egress(name, config),
         )
-    return OpenAICompatProvider(
-        name,
-        endpoints,
-        base_url=config.base_url,
-        api_key=_key(config),
-        connect_timeout=config.connect_timeout_seconds,
-        read_timeout=config.read_timeout_seconds,
-        egress=_egress(name, config),
-    )
+    return OpenAICompatProvider(name, endpoints, http, api_key=_key(config))

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestServer
 
 from providers.anthropic import AnthropicProvider
 from providers.base import BatchRequest, InputFile
+from providers.transport import HTTPSettings
 from tests.conftest import Gateway, StartGateway
 from tests.fakes.anthropic_upstream import (
     ANTHROPIC,
@@ -199,7 +200,7 @@ async def test_retrieve_reports_finalizing_while_results_are_fetched(
     provider = AnthropicProvider(
         "claude",
         frozenset({CHAT}),
-        base_url=str(upstream.make_url("")),
+        HTTPSettings(str(upstream.make_url(""))),
         api_key=KEY,
         anthropic_version="2023-06-01",
         directory=tmp_path / "anth",

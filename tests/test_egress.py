@@ -3,7 +3,8 @@
 Everything here is real on loopback: a CONNECT/forward proxy (`tests.fakes.proxy`), the
 fake OpenAI upstream over TLS with certificates made at test time by a private CA, and
 the openai SDK driving the gateway. Both HTTP paths of a provider are covered: the aiohttp
-session (uploads, downloads) and the kept-alive pool (the small JSON calls).
+session (uploads, downloads) and the transport of the small JSON calls, each test that
+goes through a proxy or TLS once per `transport:` (the kept-alive pool, aiohttp's client).
 """
 
 from __future__ import annotations
@@ -29,18 +30,22 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from yarl import URL
 
 from gateway.config import ConfigError, parse_config
 from providers.base import ProviderError
+from providers.egress import Egress
 from providers.http import HTTPProvider
-from providers.pool import ConnectError, ConnectionPool
+from providers.pool import ConnectionPool
 from providers.registry import build_provider
+from providers.transport import ConnectError, HTTPSettings
 from tests.conftest import Gateway, StartGateway
 from tests.fakes.openai_upstream import UPSTREAM, FakeOpenAIState, make_openai_upstream
 from tests.fakes.proxy import FakeProxy
 from tests.leakscan import SCAN
 from tests.support import chat_file, make_config
 from tests.test_flow_sdk import wait_terminal
+from tests.test_pool import TRANSPORTS, make_transport
 
 KEY = "sk-egress-upstream-key-789"
 PROXY_USER = "gw-user"
@@ -175,6 +180,12 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name.lower(), raising=False)
 
 
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """What carries the small JSON calls: the test runs once with each."""
+    return str(request.param)
+
+
 @pytest.fixture
 async def proxies() -> AsyncIterator[Callable[..., Awaitable[FakeProxy]]]:
     started: list[FakeProxy] = []
@@ -267,7 +278,7 @@ async def full_flow(client: openai.AsyncOpenAI) -> None:
 
 
 async def upload_and_create(client: openai.AsyncOpenAI) -> None:
-    """The file reaches the provider at create, on the session; the create on the pool."""
+    """The file reaches the provider at create, on the session; the create on the transport."""
     uploaded = await client.files.create(
         file=("in.jsonl", io.BytesIO(chat_file(1))), purpose="batch"
     )
@@ -279,7 +290,7 @@ async def upload_and_create(client: openai.AsyncOpenAI) -> None:
 def assert_both_paths_used(state: FakeOpenAIState) -> None:
     calls = {(method, path.rsplit("/", 1)[-1]) for method, path in state.requests}
     assert ("POST", "files") in calls  # multipart upload: the aiohttp session
-    assert ("POST", "batches") in calls  # JSON: the pool
+    assert ("POST", "batches") in calls  # JSON: the configured transport
     assert ("GET", "content") in calls  # streamed download: the aiohttp session
 
 
@@ -316,11 +327,12 @@ async def test_env_http_proxy_carries_every_upstream_call(
     sdk: Callable[[Gateway], openai.AsyncOpenAI],
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
+    transport: str,
 ) -> None:
     upstream, state = await start_upstream()
     proxy = await proxies()
     monkeypatch.setenv("HTTP_PROXY", proxy.url)
-    gw = await start_on(start_gateway, tmp_path, provider(upstream))
+    gw = await start_on(start_gateway, tmp_path, provider(upstream, transport=transport))
     await full_flow(sdk(gw))
 
     assert_both_paths_used(state)
@@ -357,6 +369,7 @@ async def test_provider_proxy_wins_over_env_and_sends_its_credentials(
     sdk: Callable[[Gateway], openai.AsyncOpenAI],
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
+    transport: str,
     logs: pytest.LogCaptureFixture,
 ) -> None:
     SCAN.register(PROXY_PASSWORD, "the proxy password")
@@ -365,7 +378,7 @@ async def test_provider_proxy_wins_over_env_and_sends_its_credentials(
     env_proxy, proxy = await proxies(), await proxies(credentials=PROXY_AUTH)
     monkeypatch.setenv("HTTP_PROXY", env_proxy.url)
     own = f"http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:{proxy.port}"
-    gw = await start_on(start_gateway, tmp_path, provider(upstream, proxy=own))
+    gw = await start_on(start_gateway, tmp_path, provider(upstream, transport=transport, proxy=own))
     await full_flow(sdk(gw))
 
     assert_both_paths_used(state)
@@ -381,6 +394,7 @@ async def test_refused_proxy_credentials_never_reach_the_client_or_the_logs(
     proxies: Callable[..., Awaitable[FakeProxy]],
     sdk: Callable[[Gateway], openai.AsyncOpenAI],
     tmp_path: Path,
+    transport: str,
     logs: pytest.LogCaptureFixture,
 ) -> None:
     """The proxy answers 407 and echoes the credentials it got, decoded and not."""
@@ -388,7 +402,7 @@ async def test_refused_proxy_credentials_never_reach_the_client_or_the_logs(
     upstream, state = await start_upstream()
     proxy = await proxies(credentials="Basic c29tZW9uZTplbHNl")
     own = f"http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:{proxy.port}"
-    gw = await start_on(start_gateway, tmp_path, provider(upstream, proxy=own))
+    gw = await start_on(start_gateway, tmp_path, provider(upstream, transport=transport, proxy=own))
     with pytest.raises(openai.APIStatusError) as refused:
         await upload_and_create(sdk(gw))
     body = refused.value.response.text
@@ -411,6 +425,7 @@ async def test_every_http_adapter_uses_its_proxy_on_both_paths(
     aiohttp_server: Callable[..., Awaitable[TestServer]],
     proxies: Callable[..., Awaitable[FakeProxy]],
     tmp_path: Path,
+    transport: str,
 ) -> None:
     async def answer(request: web.Request) -> web.Response:
         return web.json_response({"path": request.path})
@@ -428,6 +443,7 @@ async def test_every_http_adapter_uses_its_proxy_on_both_paths(
                 "base_url": str(server.make_url("/v1")),
                 "api_key": KEY,
                 "proxy": own,
+                "transport": transport,
             }
         },
         default="p",
@@ -454,12 +470,15 @@ async def test_https_upstream_trusted_through_ca_file(
     sdk: Callable[[Gateway], openai.AsyncOpenAI],
     pki: Pki,
     tmp_path: Path,
+    transport: str,
 ) -> None:
     upstream, state = await start_upstream(pki.server_context("good"))
     (tmp_path / "certs").mkdir()
     (tmp_path / "certs" / "ca.pem").write_bytes(pki.ca.read_bytes())
     # Relative to the config file's folder, like every other path in it.
-    gw = await start_on(start_gateway, tmp_path, provider(upstream, ca_file="certs/ca.pem"))
+    gw = await start_on(
+        start_gateway, tmp_path, provider(upstream, transport=transport, ca_file="certs/ca.pem")
+    )
     assert gw.config.providers["up"].ca_file == tmp_path / "certs" / "ca.pem"
     await full_flow(sdk(gw))
     assert_both_paths_used(state)
@@ -491,9 +510,10 @@ async def test_https_upstream_refused_without_ca_file(
     sdk: Callable[[Gateway], openai.AsyncOpenAI],
     pki: Pki,
     tmp_path: Path,
+    transport: str,
 ) -> None:
     upstream, state = await start_upstream(pki.server_context("good"))
-    gw = await start_on(start_gateway, tmp_path, provider(upstream))
+    gw = await start_on(start_gateway, tmp_path, provider(upstream, transport=transport))
     await assert_refused(gw, sdk(gw), upstream)
     assert state.requests == []
 
@@ -506,9 +526,12 @@ async def test_bad_certificates_are_refused_even_with_ca_file(
     sdk: Callable[[Gateway], openai.AsyncOpenAI],
     pki: Pki,
     tmp_path: Path,
+    transport: str,
 ) -> None:
     upstream, state = await start_upstream(pki.server_context(certificate))
-    gw = await start_on(start_gateway, tmp_path, provider(upstream, ca_file=str(pki.ca)))
+    gw = await start_on(
+        start_gateway, tmp_path, provider(upstream, transport=transport, ca_file=str(pki.ca))
+    )
     await assert_refused(gw, sdk(gw), upstream)
     assert state.requests == []
 
@@ -519,10 +542,13 @@ async def test_tls_verify_false_accepts_any_certificate_and_warns(
     sdk: Callable[[Gateway], openai.AsyncOpenAI],
     pki: Pki,
     tmp_path: Path,
+    transport: str,
     logs: pytest.LogCaptureFixture,
 ) -> None:
     upstream, state = await start_upstream(pki.server_context("wrong_host"))
-    gw = await start_on(start_gateway, tmp_path, provider(upstream, tls_verify=False))
+    gw = await start_on(
+        start_gateway, tmp_path, provider(upstream, transport=transport, tls_verify=False)
+    )
     await full_flow(sdk(gw))
     assert_both_paths_used(state)
     warnings = [
@@ -542,12 +568,15 @@ async def test_https_through_connect_proxy_with_ca_file(
     pki: Pki,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
+    transport: str,
 ) -> None:
     upstream, state = await start_upstream(pki.server_context("good"))
     proxy = await proxies()
     monkeypatch.setenv("HTTPS_PROXY", proxy.url)
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # http:// upstreams only
-    gw = await start_on(start_gateway, tmp_path, provider(upstream, ca_file=str(pki.ca)))
+    gw = await start_on(
+        start_gateway, tmp_path, provider(upstream, transport=transport, ca_file=str(pki.ca))
+    )
     await full_flow(sdk(gw))
     assert_both_paths_used(state)
     assert proxy.seen and {(s.method, s.target) for s in proxy.seen} == {
@@ -563,41 +592,50 @@ async def test_https_through_provider_proxy_with_credentials(
     sdk: Callable[[Gateway], openai.AsyncOpenAI],
     pki: Pki,
     tmp_path: Path,
+    transport: str,
 ) -> None:
     upstream, state = await start_upstream(pki.server_context("good"))
     proxy = await proxies(credentials=PROXY_AUTH)
     own = f"http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:{proxy.port}"
-    gw = await start_on(start_gateway, tmp_path, provider(upstream, proxy=own, ca_file=str(pki.ca)))
+    gw = await start_on(
+        start_gateway,
+        tmp_path,
+        provider(upstream, transport=transport, proxy=own, ca_file=str(pki.ca)),
+    )
     await full_flow(sdk(gw))
     assert_both_paths_used(state)
     assert {s.proxy_authorization for s in proxy.seen} == {PROXY_AUTH}
     assert_all_through(proxy, upstream)
 
 
-# -- the pool on its own ---------------------------------------------------------------
+# -- the transports on their own ------------------------------------------------------
 
 
-async def test_pool_keeps_one_tunnel_alive_for_many_calls(
+def through(
+    proxy: FakeProxy, url: str, ca: Path | None = None, auth: str | None = None
+) -> HTTPSettings:
+    """The settings of a provider at `url` behind `proxy`, trusting `ca`."""
+    context = ssl.create_default_context(cafile=str(ca)) if ca else None
+    egress = Egress(URL(f"http://127.0.0.1:{proxy.port}"), auth, context)
+    return HTTPSettings(url, connect_timeout=2.0, read_timeout=2.0, egress=egress)
+
+
+async def test_transport_keeps_one_tunnel_alive_for_many_calls(
     start_upstream: Callable[..., Awaitable[Upstream]],
     proxies: Callable[..., Awaitable[FakeProxy]],
     pki: Pki,
+    transport: str,
 ) -> None:
     upstream, _ = await start_upstream(pki.server_context("good"))
     proxy = await proxies()
-    pool = ConnectionPool(
-        str(upstream.make_url("/v1")),
-        {"Authorization": f"Bearer {KEY}"},
-        connect_timeout=2.0,
-        read_timeout=2.0,
-        ssl_context=ssl.create_default_context(cafile=str(pki.ca)),
-        proxy=("127.0.0.1", proxy.port),
-    )
+    http = through(proxy, str(upstream.make_url("/v1")), pki.ca)
+    calls = make_transport(transport, http, {"Authorization": f"Bearer {KEY}"})
     try:
         for _ in range(3):
-            status, _, _ = await pool.request("GET", "/batches")
+            status, _, _ = await calls.request("GET", "/batches")
             assert status == 200
     finally:
-        await pool.close()
+        await calls.close()
     assert [s.method for s in proxy.seen] == ["CONNECT"]
 
 
@@ -617,12 +655,7 @@ def test_pool_tunnel_works_on_uvloop(pki: Pki) -> None:
         await site.start()
         proxy = await FakeProxy().start()
         pool = ConnectionPool(
-            f"https://127.0.0.1:{runner.addresses[0][1]}/v1",
-            {},
-            connect_timeout=2.0,
-            read_timeout=2.0,
-            ssl_context=ssl.create_default_context(cafile=str(pki.ca)),
-            proxy=("127.0.0.1", proxy.port),
+            through(proxy, f"https://127.0.0.1:{runner.addresses[0][1]}/v1", pki.ca), {}
         )
         try:
             answers = [await pool.request("GET", "/ping") for _ in range(2)]
@@ -636,23 +669,18 @@ def test_pool_tunnel_works_on_uvloop(pki: Pki) -> None:
     assert uvloop.run(main()) == ["CONNECT"]
 
 
-async def test_pool_tunnel_refused_by_the_proxy_is_a_connect_error(
-    proxies: Callable[..., Awaitable[FakeProxy]],
+async def test_tunnel_refused_by_the_proxy_is_a_connect_error(
+    proxies: Callable[..., Awaitable[FakeProxy]], transport: str
 ) -> None:
+    """Definite on both transports: the upstream never saw the request."""
     proxy = await proxies(credentials=PROXY_AUTH)
-    pool = ConnectionPool(
-        "https://127.0.0.1:9/v1",
-        {},
-        connect_timeout=2.0,
-        read_timeout=2.0,
-        proxy=("127.0.0.1", proxy.port),
-        proxy_authorization="Basic d3Jvbmc6d3Jvbmc=",
-    )
+    http = through(proxy, "https://127.0.0.1:9/v1", auth="Basic d3Jvbmc6d3Jvbmc=")
+    calls = make_transport(transport, http, {})
     try:
         with pytest.raises(ConnectError, match=r"refused the tunnel \(HTTP 407\)"):
-            await pool.request("GET", "/batches")
+            await calls.request("POST", "/batches", b"{}")
     finally:
-        await pool.close()
+        await calls.close()
     assert proxy.seen[0].target == "127.0.0.1:9"
 
 

@@ -18,6 +18,7 @@ from openai.types import Batch
 from gateway.config import Config
 from providers.base import BatchRequest, InputFile
 from providers.emulated import EmulatedProvider, Limits
+from providers.transport import HTTPSettings
 from tests.conftest import Gateway, StartGateway
 from tests.fakes.sync_upstream import FAIL_MODEL, SYNC, FakeSyncState, make_sync_upstream
 from tests.support import chat_line, jsonl, make_config
@@ -246,7 +247,7 @@ async def test_hard_stop_resends_only_unfinished_lines(
         return EmulatedProvider(
             "local",
             frozenset({CHAT}),
-            base_url=base_url,
+            HTTPSettings(base_url, read_timeout=600.0),
             api_key=None,
             directory=tmp_path / "emu",
             limits=limits,

@@ -1,4 +1,8 @@
-"""The `type: openai` adapter against a fake upstream: quirks, failures, no leaks."""
+"""The `type: openai` adapter against a fake upstream: quirks, failures, no leaks.
+
+Each test through `start_remote` runs once per `transport:` (the kept-alive pool and
+aiohttp's client): the whole flow, and failures judged the same way on both.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +15,23 @@ import openai
 import pytest
 from aiohttp.test_utils import TestServer
 
-from providers.openai_compat import parse_batch
+from providers.base import ProviderError
+from providers.openai_compat import OpenAICompatProvider, parse_batch
+from providers.registry import build_provider
+from providers.transport import AiohttpTransport
 from tests.conftest import Gateway, StartGateway
 from tests.fakes.openai_upstream import ANYAPI_ENDPOINTS, UPSTREAM, make_openai_upstream
 from tests.support import chat_file, jsonl, make_config
 from tests.test_flow_sdk import wait_terminal
+from tests.test_pool import TRANSPORTS
 
 KEY = "sk-anyapi-secret-456"
 Started = tuple[Gateway, Any, TestServer]
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
@@ -26,17 +39,24 @@ async def start_remote(
     start_gateway: StartGateway,
     aiohttp_server: Callable[..., Awaitable[TestServer]],
     tmp_path: Path,
+    transport: str,
 ) -> Callable[..., Awaitable[Started]]:
-    async def start(*, gateway_key: str = KEY, **upstream_options: Any) -> Started:
+    """`provider`: more options for the provider's config; the rest are the fake's."""
+
+    async def start(
+        *, gateway_key: str = KEY, provider: dict[str, Any] | None = None, **upstream_options: Any
+    ) -> Started:
         upstream = await aiohttp_server(make_openai_upstream(KEY, **upstream_options))
-        provider = {
+        options = {
             "type": "openai",
             "base_url": str(upstream.make_url("/v1")),
             "api_key": gateway_key,
+            "endpoints": sorted(ANYAPI_ENDPOINTS),
+            "retry_backoff_seconds": 0,
+            "transport": transport,
+            **(provider or {}),
         }
-        provider["endpoints"] = sorted(ANYAPI_ENDPOINTS)
-        provider["retry_backoff_seconds"] = 0
-        config = make_config(tmp_path, providers={"anyapi": provider}, default="anyapi")
+        config = make_config(tmp_path, providers={"anyapi": options}, default="anyapi")
         gw = await start_gateway(config)
         return gw, upstream.app[UPSTREAM], upstream
 
@@ -238,3 +258,77 @@ async def test_retrieve_cache_serves_recent_state_without_upstream_calls(
     for _ in range(5):
         assert (await gw.client.batches.retrieve(batch.id)).status == "in_progress"
     assert polls() == 1  # within the TTL: answered from the store
+
+
+async def test_transport_setting_picks_what_carries_the_small_calls(
+    start_remote: Callable[..., Awaitable[Started]], transport: str
+) -> None:
+    gw, _, _ = await start_remote()
+    adapter = build_provider("anyapi", gw.config.providers["anyapi"])
+    assert isinstance(adapter, OpenAICompatProvider)
+    try:
+        assert isinstance(adapter._transport, AiohttpTransport) == (transport == "aiohttp")
+        assert "data" in await adapter.request_json("GET", "/batches")
+    finally:
+        await adapter.close()
+
+
+async def test_a_create_whose_answer_was_lost_is_looked_up_not_made_again(
+    start_remote: Callable[..., Awaitable[Started]],
+) -> None:
+    """The provider made the batch, then the connection dropped: that may have been done,
+    so the gateway looks it up by tag and adopts it; nothing is sent twice."""
+    gw, state, _ = await start_remote()
+    file_id = await upload(gw)
+    state.fail_on, state.fail_next = "POST /v1/batches", ["reset_after"]
+    batch = await create(gw, file_id)
+    assert state.fault_log == [("reset_after", "POST /v1/batches")]
+    assert state.requests.count(("POST", "/v1/batches")) == 1
+    assert ("GET", "/v1/batches") in state.requests  # the lookup
+    (upstream,) = state.batches.values()
+    assert upstream["metadata"] == {"gateway_batch_id": batch.id}
+    record = await gw.service.store.get_batch(batch.id)
+    assert record is not None and not record.pending and record.upstream_id == upstream["id"]
+    assert (await wait_terminal(gw.client, batch.id)).status == "completed"
+
+
+async def test_a_create_that_timed_out_is_looked_up_not_made_again(
+    start_remote: Callable[..., Awaitable[Started]],
+) -> None:
+    """A timeout after sending is as ambiguous as a lost answer."""
+    gw, state, _ = await start_remote(provider={"read_timeout_seconds": 0.3})
+    file_id = await upload(gw)
+    state.slow_answer_seconds = 1.0
+    state.fail_on, state.fail_next = "POST /v1/batches", ["slow_after"]
+    batch = await create(gw, file_id)
+    assert state.requests.count(("POST", "/v1/batches")) == 1
+    assert ("GET", "/v1/batches") in state.requests
+    (upstream,) = state.batches.values()
+    assert upstream["metadata"] == {"gateway_batch_id": batch.id}
+    record = await gw.service.store.get_batch(batch.id)
+    assert record is not None and record.upstream_id == upstream["id"]
+
+
+async def test_a_refused_connect_is_definite(
+    start_remote: Callable[..., Awaitable[Started]],
+) -> None:
+    """Nothing listens: the create was never sent, so the client gets an error at once
+    and no batch is made, looked up or handed to the gateway to settle."""
+    gw, state, upstream = await start_remote()
+    file_id = await upload(gw)
+    first = await create(gw, file_id)  # the file's copy is at the provider from now on
+    await upstream.close()
+    adapter = build_provider("anyapi", gw.config.providers["anyapi"])
+    try:
+        with pytest.raises(ProviderError) as refused:
+            await adapter.get_batch("batch_abc")
+    finally:
+        await adapter.close()
+    error = refused.value
+    assert (error.kind, error.ambiguous) == ("retryable", False)
+    assert error.message == "could not connect (ConnectionRefusedError)"
+    with pytest.raises(openai.InternalServerError) as failed:
+        await create(gw, file_id)
+    assert failed.value.status_code == 503
+    assert [b.id async for b in gw.client.batches.list()] == [first.id]
+    assert await gw.service.store.pending_batches() == []

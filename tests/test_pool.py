@@ -1,12 +1,13 @@
 """The providers' connection pool against real servers on loopback: an aiohttp app, and raw
-sockets for the answers no well-behaved server gives."""
+sockets for the answers no well-behaved server gives. The aiohttp transport, the other
+`Transport`, must answer and fail exactly as the pool does."""
 
 from __future__ import annotations
 
 import asyncio
 import gzip
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -14,14 +15,32 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from providers.pool import ConnectError, ConnectionPool, LostConnection
+from providers.http import transport_error
+from providers.pool import ConnectionPool
+from providers.transport import (
+    AiohttpTransport,
+    ConnectError,
+    HTTPSettings,
+    LostConnection,
+    Transport,
+)
 
 Reply = Callable[[int, bytes], Awaitable[bytes | None]]
+TRANSPORTS = ("pool", "aiohttp")
+HEADERS = {"Authorization": "Bearer sk-pool"}
+
+
+def make_transport(kind: str, http: HTTPSettings, headers: Mapping[str, str]) -> Transport:
+    """What `HTTPProvider` builds for `transport: <kind>`."""
+    return ConnectionPool(http, headers) if kind == "pool" else AiohttpTransport(http, headers)
+
+
+def settings(url: str, **kw: Any) -> HTTPSettings:
+    return HTTPSettings(url, **{"connect_timeout": 2.0, "read_timeout": 2.0, **kw})
 
 
 def pool_for(url: str, **kw: Any) -> ConnectionPool:
-    options = {"connect_timeout": 2.0, "read_timeout": 2.0, **kw}
-    return ConnectionPool(url, {"Authorization": "Bearer sk-pool"}, **options)
+    return ConnectionPool(settings(url, **kw), HEADERS)
 
 
 @pytest.fixture
@@ -215,15 +234,101 @@ async def test_failures_are_told_apart(raw_server: Callable[[Reply], Awaitable[s
 
 def test_nothing_can_split_a_request() -> None:
     with pytest.raises(ValueError):
-        ConnectionPool("http://x", {"X-Bad": "a\r\nInjected: 1"}, connect_timeout=1, read_timeout=1)
+        ConnectionPool(HTTPSettings("http://x"), {"X-Bad": "a\r\nInjected: 1"})
     with pytest.raises(ValueError):
-        ConnectionPool("ftp://x", {}, connect_timeout=1, read_timeout=1)
+        ConnectionPool(HTTPSettings("ftp://x"), {})
 
 
-async def test_a_target_with_a_space_is_refused(echo: TestServer) -> None:
-    pool = pool_for(str(echo.make_url("/v1")))
+@pytest.mark.parametrize("kind", TRANSPORTS)
+async def test_a_target_with_a_space_is_refused(echo: TestServer, kind: str) -> None:
+    transport = make_transport(kind, settings(str(echo.make_url("/v1"))), HEADERS)
     try:
         with pytest.raises(ValueError):
-            await pool.request("GET", "/batches/a b HTTP/1.1\r\nX: y")
+            await transport.request("GET", "/batches/a b HTTP/1.1\r\nX: y")
     finally:
-        await pool.close()
+        await transport.close()
+
+
+# -- the same on both transports ---------------------------------------------------------
+
+
+async def test_both_transports_give_the_same_answers(
+    raw_server: Callable[[Reply], Awaitable[str]],
+) -> None:
+    """Byte for byte the same answer, read by each: status, every header, decoded body."""
+    payload = b'{"id": "batch_1", "status": "in_progress"}'
+    answers = {
+        "/v1/plain": ok(payload, "Content-Type: application/json", "X-Request-Id: req_1"),
+        "/v1/twice": ok(b"{}", "Set-Cookie: a=1", "Set-Cookie: b=2", "Retry-After: 3"),
+        "/v1/chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (payload[:10], payload[10:]))
+        + b"0\r\n\r\n",
+        "/v1/gzip": ok(gzip.compress(payload), "Content-Encoding: gzip"),
+        "/v1/missing": b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
+        + b'Content-Length: 28\r\n\r\n{"error": {"message": "no"}}',
+        "/v1/empty": b"HTTP/1.1 204 No Content\r\n\r\n",
+    }
+    sent: list[bytes] = []
+
+    async def reply(n: int, request: bytes) -> bytes | None:
+        sent.append(request)
+        return answers[request.split(b" ")[1].decode()]
+
+    url = await raw_server(reply)
+    seen: dict[str, list[Any]] = {}
+    for kind in TRANSPORTS:
+        transport = make_transport(kind, settings(url), HEADERS)
+        try:
+            for path in answers:
+                method, body = ("POST", b'{"a": 1}') if path == "/v1/plain" else ("GET", None)
+                status, headers, content = await transport.request(method, path[3:], body)
+                # Names compare case-blind: aiohttp spells the ones it knows its own way.
+                fields = [(name.lower(), value) for name, value in headers.items()]
+                seen.setdefault(path, []).append((status, fields, content))
+        finally:
+            await transport.close()
+    for path, (pooled, aiohttp_read) in seen.items():
+        assert pooled == aiohttp_read, path
+    assert seen["/v1/gzip"][0][2] == payload and seen["/v1/missing"][0][0] == 404
+    # Both sent the key, the gateway's name and a request for an uncompressed answer.
+    for request in sent:
+        head = request.lower()
+        assert b"authorization: bearer sk-pool" in head and b"user-agent: batch-gateway" in head
+        assert b"accept-encoding: identity" in head
+
+
+@pytest.mark.parametrize("kind", TRANSPORTS)
+async def test_both_transports_fail_the_same_way(
+    raw_server: Callable[[Reply], Awaitable[str]], kind: str
+) -> None:
+    """Only a refused connect is definite; a timeout or a connection lost after the
+    request went out may have been carried out (a create is then looked up)."""
+
+    async def hang(n: int, request: bytes) -> bytes | None:
+        await asyncio.sleep(30)
+        return None
+
+    async def reset(n: int, request: bytes) -> bytes | None:
+        return None  # read the whole request, then close without a word
+
+    async def garbage(n: int, request: bytes) -> bytes | None:
+        return b"NOT HTTP AT ALL\r\n\r\n"
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+    cases = [
+        (nobody, ConnectError, False, "could not connect (ConnectionRefusedError)"),
+        (await raw_server(hang), TimeoutError, True, "the request timed out"),
+        (await raw_server(reset), LostConnection, True, "connection failed (LostConnection)"),
+        (await raw_server(garbage), LostConnection, True, "connection failed (LostConnection)"),
+    ]
+    for url, raised, ambiguous, message in cases:
+        transport = make_transport(kind, settings(url, read_timeout=0.3), HEADERS)
+        try:
+            with pytest.raises(raised) as failed:
+                await transport.request("POST", "/batches", b'{"a": 1}')
+        finally:
+            await transport.close()
+        error = transport_error(failed.value)
+        assert (error.kind, error.ambiguous, error.message) == ("retryable", ambiguous, message)

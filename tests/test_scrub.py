@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from providers.http import HTTPProvider
+from providers.transport import HTTPSettings
 from tests.conftest import StartGateway
 from tests.support import chat_file, make_config
 
@@ -147,7 +148,7 @@ async def test_provider_messages_reach_clients_scrubbed(
 
 def test_scrub_keeps_the_rest_of_a_message() -> None:
     provider = HTTPProvider(
-        "p", frozenset(), base_url="https://api.example.com/v1", headers={}, secrets=(KEY,)
+        "p", frozenset(), HTTPSettings("https://api.example.com/v1"), api_key=KEY
     )
     text = provider.scrub(leaky("api.example.com"))
     assert_clean(text)

@@ -25,6 +25,7 @@ from gateway.keeper import OutputKeeper
 from gateway.limits import StoreWindow
 from gateway.observe import observe_middleware
 from gateway.poller import Poller
+from gateway.provider_state import StoreState
 from gateway.routing import Router
 from gateway.service import GatewayService
 from gateway.store import Store, open_store
@@ -57,7 +58,11 @@ SERVER_ARGS: dict[str, Any] = {"max_line_size": 16 * 1024, "max_field_size": 16 
 RELOAD_GRACE_SECONDS = 120.0
 
 
-def build_providers(config: Config) -> dict[str, ResilientProvider]:
+def build_providers(
+    config: Config, store: Store, blobs: Blobs, owner: str
+) -> dict[str, ResilientProvider]:
+    """The adapters of `config`, each keeping its state in `store` and its bytes in `blobs`
+    (never on local disk), wrapped in the retry, breaker and metrics layer."""
     providers = {}
     for name, pc in config.providers.items():
         if pc.disabled_reason:
@@ -71,9 +76,9 @@ def build_providers(config: Config) -> dict[str, ResilientProvider]:
             breaker_failures=pc.breaker_failures,
             breaker_cooldown=pc.breaker_cooldown_seconds,
         )
-        providers[name] = ResilientProvider(
-            build_provider(name, pc), policy, observer=metrics.UpstreamMetrics()
-        )
+        state = StoreState(store, name, owner)
+        adapter = build_provider(name, pc, state=state, blobs=blobs)
+        providers[name] = ResilientProvider(adapter, policy, observer=metrics.UpstreamMetrics())
     metrics.initialize(providers)
     return providers
 
@@ -102,7 +107,7 @@ def apply_config(app: web.Application, config: Config) -> None:
             log.warning("config reload: %s changes need a restart; kept the running one", what)
     replaced = list(service.providers.values())
     app[_RETIRED].extend(replaced)
-    providers = build_providers(config)
+    providers = build_providers(config, app[STORE], app[BLOBS], app[INSTANCE].id)
     service.reconfigure(config, providers, Router(config, providers))
     app[AUTH].configure(config.auth)
     poller = app[POLLER]
@@ -169,7 +174,7 @@ async def _blobs(app: web.Application) -> AsyncIterator[None]:
 
 async def _providers(app: web.Application) -> AsyncIterator[None]:
     """The providers of the running config, and those a reload retired."""
-    app[_PROVIDERS] = build_providers(app[SERVICE_CONFIG])
+    app[_PROVIDERS] = build_providers(app[SERVICE_CONFIG], app[STORE], app[BLOBS], app[INSTANCE].id)
     app[_RETIRED] = []
     yield
     service = app.get(SERVICE)

@@ -21,6 +21,7 @@ from typing import IO, Protocol
 
 from gateway.config import BlobsConfig
 from providers.base import ByteStream
+from providers.context import BlobStore
 
 CHUNK = 256 * 1024
 # mmap windows of a download: big enough for few syscalls, small enough that the
@@ -30,32 +31,8 @@ WINDOW = 2 * 1024 * 1024
 STALE_PART_SECONDS = 3600.0
 
 
-class BlobWriter(Protocol):
-    async def write(self, chunk: bytes) -> None: ...
-
-    async def commit(self) -> None:
-        """Make the blob visible under its key."""
-        ...
-
-    async def abort(self) -> None:
-        """Drop everything written; the key stays as it was."""
-        ...
-
-
-class Blobs(Protocol):
-    def writer(self, key: str) -> BlobWriter: ...
-
-    def open(self, key: str) -> ByteStream:
-        """The blob's bytes as chunks; entering raises FileNotFoundError for a missing key."""
-        ...
-
-    def local_path(self, key: str) -> Path | None:
-        """A local file holding the blob, when the backend has one (downloads map it)."""
-        ...
-
-    async def delete(self, key: str) -> None: ...
-
-    async def exists(self, key: str) -> bool: ...
+class Blobs(BlobStore, Protocol):
+    """The gateway's blob store; adapters see it as a `providers.context.BlobStore`."""
 
     async def close(self) -> None: ...
 

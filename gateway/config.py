@@ -11,12 +11,11 @@ import os
 import re
 import ssl
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,7 +26,8 @@ from pydantic import (
     model_validator,
 )
 
-from providers.base import ALL_ENDPOINTS
+from providers.config import Endpoint, ProviderConfig
+from providers.registry import TYPES
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -211,132 +211,14 @@ class LimitsConfig(_Model):
     upload_idle_seconds: float = Field(30.0, gt=0)
 
 
-Endpoint = Literal[ALL_ENDPOINTS]  # type: ignore[valid-type]
-
-
-class RetentionConfig(_Model):
-    """What the gateway deletes at the provider once it no longer needs it."""
-
-    # The provider's copy of an input file, once no batch there still runs from it.
-    delete_inputs: bool = True
-    # Output and error files, once the gateway holds its copy (blobs.keep_provider_outputs).
-    delete_outputs: bool = True
-
-
-class _ProviderBase(_Model):
-    endpoints: tuple[Endpoint, ...] | None = None
-    connect_timeout_seconds: float = Field(10.0, gt=0)
-    read_timeout_seconds: float = Field(60.0, gt=0)
-    max_retries: int = Field(2, ge=0)
-    retry_backoff_seconds: float = Field(0.5, ge=0)
-    retry_max_backoff_seconds: float = Field(8.0, ge=0)
-    max_concurrency: int = Field(64, ge=1)
-    breaker_failures: int = Field(5, ge=1)
-    breaker_cooldown_seconds: float = Field(30.0, ge=0)
-    retention: RetentionConfig = RetentionConfig()
-    # An http:// proxy (credentials may be in it) for every call to this provider; unset,
-    # HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment apply.
-    proxy: str | None = None
-    # A PEM bundle trusted instead of the system store (curl's --cacert).
-    ca_file: Path | None = None
-    # false: any certificate is accepted (warned about at every start).
-    tls_verify: bool = True
-    # What carries the small JSON calls: the kept-alive pool, or aiohttp's client as a fallback.
-    transport: Literal["pool", "aiohttp"] = "pool"
-    # Set by the loader, not by users: why a provider is out of routing.
-    disabled_reason: str | None = Field(None, exclude=True)
-
-    @field_validator("proxy")
-    @classmethod
-    def _http_proxy(cls, value: str | None) -> str | None:
-        # The messages never repeat the value: it may hold the proxy's password.
-        if value is None:
-            return None
-        try:
-            parts = urlsplit(value)
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError:
-            raise ValueError("not a valid URL") from None
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError("must be an http://host:port URL (https:// proxies are not supported)")
-        if parts.path.strip("/") or parts.query or parts.fragment:
-            raise ValueError("must be an http://host:port URL, without a path")
-        return value
-
-    @model_validator(mode="after")
-    def _verify_or_ca(self) -> _ProviderBase:
-        if self.ca_file is not None and not self.tls_verify:
-            raise ValueError("set ca_file or tls_verify: false, not both")
-        return self
-
-
-class SandboxProviderConfig(_ProviderBase):
-    type: Literal["sandbox"]
-    dir: Path = Path("./data/sandbox")
-    validate_seconds: float = Field(1.0, ge=0)
-    line_seconds: float = Field(0.2, ge=0)
-    finalize_seconds: float = Field(1.0, ge=0)
-    cancel_seconds: float = Field(1.0, ge=0)
-
-
-def _http_url(value: str) -> str:
-    if not value.startswith(("http://", "https://")):
-        raise ValueError("must start with http:// or https://")
-    return value.rstrip("/")
-
-
-HttpUrl = Annotated[str, AfterValidator(_http_url)]
-
-
-class OpenAIProviderConfig(_ProviderBase):
-    type: Literal["openai"]
-    base_url: HttpUrl
-    api_key: SecretStr | None = None
-
-
-class AnthropicProviderConfig(_ProviderBase):
-    """Anthropic Message Batches; runs `/v1/chat/completions` batches only."""
-
-    type: Literal["anthropic"]
-    endpoints: tuple[Literal["/v1/chat/completions"], ...] | None = ("/v1/chat/completions",)
-    base_url: HttpUrl = "https://api.anthropic.com"
-    api_key: SecretStr | None = None
-    anthropic_version: str = "2023-06-01"
-    # Anthropic requires max_tokens; used for lines that set neither max_tokens nor
-    # max_completion_tokens (without it such lines are rejected at create).
-    default_max_tokens: int | None = Field(None, ge=1)
-    dir: Path = Path("./data/anthropic")
-
-
-class EmulatedProviderConfig(_ProviderBase):
-    """A synchronous OpenAI-compatible server (vLLM, Ollama, ...) run as a batch by the
-    gateway itself. `base_url` includes the API prefix (`http://localhost:8000/v1`)."""
-
-    type: Literal["emulated"]
-    endpoints: tuple[Endpoint, ...] | None = (
-        "/v1/chat/completions",
-        "/v1/embeddings",
-        "/v1/completions",
-    )
-    base_url: HttpUrl
-    api_key: SecretStr | None = None
-    concurrency: int = Field(8, ge=1, le=256)  # the HTTP client pools 256 connections
-    requests_per_minute: int | None = Field(None, ge=1)
-    tokens_per_minute: int | None = Field(None, ge=1)
-    max_retries: int = Field(5, ge=0)
-    retry_backoff_seconds: float = Field(1.0, ge=0)
-    completion_window_seconds: float = Field(86_400, gt=0)
-    # A synchronous model call can take minutes.
-    read_timeout_seconds: float = Field(600.0, gt=0)
-    dir: Path = Path("./data/emulated")
-
-
-AnyProviderConfig = (
-    SandboxProviderConfig | OpenAIProviderConfig | AnthropicProviderConfig | EmulatedProviderConfig
-)
-ProviderConfig = Annotated[AnyProviderConfig, Field(discriminator="type")]
-# Remote providers that cannot work without a key: a missing one disables them.
-_NEEDS_KEY = (OpenAIProviderConfig, AnthropicProviderConfig)
+# The `type:` union, one member per provider type in the registry.
+if TYPE_CHECKING:
+    AnyProviderConfig = ProviderConfig
+else:
+    AnyProviderConfig = Annotated[
+        Union[tuple(kind.config for kind in TYPES.values())],  # noqa: UP007
+        Field(discriminator="type"),
+    ]
 
 
 class RouteMatch(_Model):
@@ -378,7 +260,7 @@ class Config(_Model):
     blobs: BlobsConfig = BlobsConfig()
     auth: AuthConfig = AuthConfig(open=True)
     limits: LimitsConfig = LimitsConfig()
-    providers: dict[str, ProviderConfig]
+    providers: dict[str, AnyProviderConfig]
     routes: tuple[Route, ...] = ()
     default: str
     default_fallback: tuple[str, ...] = ()
@@ -466,10 +348,9 @@ def parse_config(raw: Any, base_dir: Path) -> Config:
     for name, provider in config.providers.items():
         reason = None
         unset = [var for p, var in missing if p.startswith(f"providers.{name}.")]
-        key = getattr(provider, "api_key", None)
-        if isinstance(provider, _NEEDS_KEY) and (key is None or not key.get_secret_value()):
+        if provider.key_policy == "required" and provider.secret_key() is None:
             reason = f"api_key is not set ({', '.join(unset) or 'empty'})"
-        elif isinstance(provider, EmulatedProviderConfig) and (
+        elif provider.key_policy == "optional" and (
             key_vars := [var for p, var in missing if p == f"providers.{name}.api_key"]
         ):
             # The key is optional, but naming an unset variable is a mistake, not "no key";
@@ -477,7 +358,7 @@ def parse_config(raw: Any, base_dir: Path) -> Config:
             reason = f"api_key is not set ({', '.join(key_vars)})"
         updates: dict[str, Any] = {"disabled_reason": reason}
         if "dir" in type(provider).model_fields:
-            updates["dir"] = _resolve(base_dir, provider.dir)  # type: ignore[union-attr]
+            updates["dir"] = _resolve(base_dir, provider.dir)  # type: ignore[attr-defined]
         if provider.ca_file is not None:
             updates["ca_file"] = _ca_file(name, _resolve(base_dir, provider.ca_file))
         providers[name] = provider.model_copy(update=updates)

@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 
 from gateway import ids
-from gateway.blobs import Blobs, BlobWriter
+from gateway.blobs import Blobs
 from gateway.config import Config, KeyConfig, LimitsConfig
 from gateway.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, QuotaExceeded
 from gateway.events import ServiceEvents
@@ -26,6 +26,7 @@ from gateway.store.base import UnknownCursor
 from gateway.sweeper import sweep_expired
 from gateway.wire import ExpiresAfter
 from providers.base import TERMINAL_STATUSES, ByteStream, Provider
+from providers.context import BlobWriter
 
 log = logging.getLogger("gateway.files")
 

@@ -25,9 +25,10 @@ import logging
 import re
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
+from pydantic import Field
 
 from providers.anthropic_params import TranslationError, anthropic_custom_ids, chat_to_params
 from providers.anthropic_results import (
@@ -44,6 +45,8 @@ from providers.base import (
     UpstreamBatch,
     now,
 )
+from providers.config import HttpUrl, RemoteConfig
+from providers.context import ProviderContext, ProviderType
 from providers.http import HTTPProvider, iter_lines, path_id
 from providers.localfiles import LocalFileMethods, LocalFiles, ResultSpool, input_lines, write_json
 from providers.transport import HTTPSettings
@@ -312,3 +315,32 @@ class AnthropicProvider(LocalFileMethods, HTTPProvider):
             usage=result["usage"],
             timestamps=timestamps,
         )
+
+
+class AnthropicProviderConfig(RemoteConfig):
+    """Anthropic Message Batches; runs `/v1/chat/completions` batches only."""
+
+    type: Literal["anthropic"]
+    endpoints: tuple[Literal["/v1/chat/completions"], ...] | None = ("/v1/chat/completions",)
+    base_url: HttpUrl = "https://api.anthropic.com"
+    anthropic_version: str = "2023-06-01"
+    # Anthropic requires max_tokens; used for lines that set neither max_tokens nor
+    # max_completion_tokens (without it such lines are rejected at create).
+    default_max_tokens: int | None = Field(None, ge=1)
+    dir: Path = Path("./data/anthropic")
+
+
+def build(context: ProviderContext, config: AnthropicProviderConfig) -> AnthropicProvider:
+    assert context.http is not None and (key := config.secret_key()) is not None
+    return AnthropicProvider(
+        context.name,
+        context.endpoints,
+        context.http,
+        api_key=key,
+        anthropic_version=config.anthropic_version,
+        directory=config.dir,
+        default_max_tokens=config.default_max_tokens,
+    )
+
+
+TYPE = ProviderType("anthropic", AnthropicProviderConfig, build)

@@ -24,9 +24,10 @@ import re
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import orjson
+from pydantic import Field
 
 from providers.base import (
     TERMINAL_STATUSES,
@@ -36,6 +37,8 @@ from providers.base import (
     RequestCounts,
     UpstreamBatch,
 )
+from providers.config import Endpoint, RemoteConfig
+from providers.context import ProviderContext, ProviderType
 from providers.emulated_run import BatchRun, Limits
 from providers.http import HTTPProvider, RawResponse
 from providers.localfiles import (
@@ -232,3 +235,48 @@ _ACTIVE = (
     ("finalizing", "finalizing_at"),
     ("in_progress", "in_progress_at"),
 )
+
+
+class EmulatedProviderConfig(RemoteConfig):
+    """A synchronous OpenAI-compatible server (vLLM, Ollama, ...) run as a batch by the
+    gateway itself. `base_url` includes the API prefix (`http://localhost:8000/v1`)."""
+
+    key_policy: ClassVar[Literal["required", "optional", "none"]] = "optional"
+
+    type: Literal["emulated"]
+    endpoints: tuple[Endpoint, ...] | None = (
+        "/v1/chat/completions",
+        "/v1/embeddings",
+        "/v1/completions",
+    )
+    concurrency: int = Field(8, ge=1, le=256)  # the HTTP client pools 256 connections
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    max_retries: int = Field(5, ge=0)
+    retry_backoff_seconds: float = Field(1.0, ge=0)
+    completion_window_seconds: float = Field(86_400, gt=0)
+    # A synchronous model call can take minutes.
+    read_timeout_seconds: float = Field(600.0, gt=0)
+    dir: Path = Path("./data/emulated")
+
+
+def build(context: ProviderContext, config: EmulatedProviderConfig) -> EmulatedProvider:
+    assert context.http is not None
+    return EmulatedProvider(
+        context.name,
+        context.endpoints,
+        context.http,
+        api_key=config.secret_key(),
+        directory=config.dir,
+        limits=Limits(
+            concurrency=config.concurrency,
+            requests_per_minute=config.requests_per_minute,
+            tokens_per_minute=config.tokens_per_minute,
+            max_retries=config.max_retries,
+            retry_backoff_seconds=config.retry_backoff_seconds,
+            completion_window_seconds=config.completion_window_seconds,
+        ),
+    )
+
+
+TYPE = ProviderType("emulated", EmulatedProviderConfig, build)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Mapping
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import aiohttp
 
@@ -29,6 +29,8 @@ from providers.base import (
     UpstreamBatch,
     UpstreamFile,
 )
+from providers.config import RemoteConfig
+from providers.context import ProviderContext, ProviderType
 from providers.http import HTTPProvider, path_id
 
 # Unix seconds before 2001-09-09 are placeholders, not times (anyapi.ai's docs send 123).
@@ -265,3 +267,19 @@ class OpenAICompatProvider(HTTPProvider):
 
     def open_file_content(self, upstream_file_id: str) -> ByteStream:
         return self.stream(f"/files/{path_id(upstream_file_id)}/content")
+
+
+class OpenAIProviderConfig(RemoteConfig):
+    """Any OpenAI-compatible Batch API; adding one is a config entry."""
+
+    type: Literal["openai"]
+
+
+def build(context: ProviderContext, config: OpenAIProviderConfig) -> OpenAICompatProvider:
+    assert context.http is not None
+    return OpenAICompatProvider(
+        context.name, context.endpoints, context.http, api_key=config.secret_key()
+    )
+
+
+TYPE = ProviderType("openai", OpenAIProviderConfig, build)

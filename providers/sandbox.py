@@ -20,7 +20,9 @@ import secrets
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from providers.base import (
     TERMINAL_STATUSES,
@@ -31,6 +33,8 @@ from providers.base import (
     RequestCounts,
     UpstreamBatch,
 )
+from providers.config import ProviderConfig
+from providers.context import ProviderContext, ProviderType
 from providers.localfiles import LocalFileMethods, LocalFiles, ResultSpool, input_lines, write_json
 from providers.results import (
     CANCELLED,
@@ -353,3 +357,27 @@ class SandboxProvider(LocalFileMethods, BaseProvider):
             if isinstance(tag, str):
                 found.append((tag, await self.get_batch(path.stem)))
         return found
+
+
+class SandboxProviderConfig(ProviderConfig):
+    type: Literal["sandbox"]
+    dir: Path = Path("./data/sandbox")
+    validate_seconds: float = Field(1.0, ge=0)
+    line_seconds: float = Field(0.2, ge=0)
+    finalize_seconds: float = Field(1.0, ge=0)
+    cancel_seconds: float = Field(1.0, ge=0)
+
+
+def build(context: ProviderContext, config: SandboxProviderConfig) -> SandboxProvider:
+    return SandboxProvider(
+        context.name,
+        directory=config.dir,
+        endpoints=context.endpoints,
+        validate_seconds=config.validate_seconds,
+        line_seconds=config.line_seconds,
+        finalize_seconds=config.finalize_seconds,
+        cancel_seconds=config.cancel_seconds,
+    )
+
+
+TYPE = ProviderType("sandbox", SandboxProviderConfig, build)

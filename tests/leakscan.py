@@ -14,7 +14,8 @@ import logging
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from gateway.config import Config, OpenAIProviderConfig
+from gateway.config import Config
+from providers.openai_compat import OpenAIProviderConfig
 
 GATEWAY_LOGGERS = ("gateway", "providers", "aiohttp.server", "aiohttp.web", "root")
 

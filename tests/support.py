@@ -70,3 +70,42 @@ def sqlite_path(config: Config) -> Path | None:
 def enabled_providers(config: Config) -> list[str]:
     """The providers a config leaves in routing."""
     return [name for name, p in config.providers.items() if p.disabled_reason is None]
+
+
+class MemoryState:
+    """A `providers.context.StateStore` in a dict, for adapters tested without a gateway.
+
+    Claims always succeed unless `held_elsewhere` names the key (another process's run)."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, tuple[dict[str, Any], bool]] = {}
+        self.held_elsewhere: set[str] = set()
+
+    async def load(self, key: str) -> dict[str, Any] | None:
+        found = self.states.get(key)
+        return json.loads(json.dumps(found[0])) if found else None
+
+    async def save(self, key: str, state: dict[str, Any], *, active: bool = False) -> None:
+        self.states[key] = (json.loads(json.dumps(state)), active)
+
+    async def delete(self, key: str) -> None:
+        self.states.pop(key, None)
+
+    async def active(self) -> list[dict[str, Any]]:
+        return [json.loads(json.dumps(s)) for s, active in self.states.values() if active]
+
+    async def claim(self, key: str, seconds: float) -> bool:
+        return key not in self.held_elsewhere
+
+    async def release(self, key: str) -> None:
+        return None
+
+
+def adapter_for(name: str, config: Config, folder: Path, state: MemoryState | None = None) -> Any:
+    """The adapter of provider `name`, keeping its state in memory and its bytes in
+    `folder` (a local blob store), as `build_provider` makes it for the gateway."""
+    from gateway.blobs import LocalBlobs
+    from providers.registry import build_provider
+
+    blobs = LocalBlobs(folder)
+    return build_provider(name, config.providers[name], state=state or MemoryState(), blobs=blobs)

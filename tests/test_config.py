@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, OpenAIProviderConfig, load_config
+from gateway.config import ConfigError, load_config
+from providers.openai_compat import OpenAIProviderConfig
 from tests.support import enabled_providers, sqlite_path
 
 REPO = Path(__file__).resolve().parent.parent

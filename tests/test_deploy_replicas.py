@@ -10,7 +10,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from gateway.config import OpenAIProviderConfig, load_config
+from gateway.config import load_config
+from providers.openai_compat import OpenAIProviderConfig
 
 OVERLAY = Path(__file__).resolve().parent.parent / "deploy" / "k8s" / "replicas"
 ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")

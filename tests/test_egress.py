@@ -37,13 +37,12 @@ from providers.base import ProviderError
 from providers.egress import Egress
 from providers.http import HTTPProvider
 from providers.pool import ConnectionPool
-from providers.registry import build_provider
 from providers.transport import ConnectError, HTTPSettings
 from tests.conftest import Gateway, StartGateway
 from tests.fakes.openai_upstream import UPSTREAM, FakeOpenAIState, make_openai_upstream
 from tests.fakes.proxy import FakeProxy
 from tests.leakscan import SCAN
-from tests.support import chat_file, make_config
+from tests.support import adapter_for, chat_file, make_config
 from tests.test_flow_sdk import wait_terminal
 from tests.test_pool import TRANSPORTS, make_transport
 
@@ -408,7 +407,7 @@ async def test_refused_proxy_credentials_never_reach_the_client_or_the_logs(
     body = refused.value.response.text
     assert "error" in refused.value.response.json()
     # The pool's path, through the same adapter the gateway built.
-    adapter = build_provider("up", gw.config.providers["up"])
+    adapter = adapter_for("up", gw.config, gw.config.base_dir / "adapter")
     try:
         with pytest.raises(ProviderError) as pooled:
             await adapter.get_batch("batch_abc")
@@ -448,7 +447,7 @@ async def test_every_http_adapter_uses_its_proxy_on_both_paths(
         },
         default="p",
     )
-    adapter = build_provider("p", config.providers["p"])
+    adapter = adapter_for("p", config, tmp_path / "adapter")
     assert isinstance(adapter, HTTPProvider)
     try:
         assert (await adapter.request_json("GET", "/pool"))["path"] == "/v1/pool"
@@ -494,7 +493,7 @@ async def assert_refused(gw: Gateway, client: openai.AsyncOpenAI, upstream: Test
     text = refused.value.response.text
     for leak in ("127.0.0.1", "localhost", str(upstream.port), "Traceback", "https://"):
         assert leak not in text
-    adapter = build_provider("up", gw.config.providers["up"])
+    adapter = adapter_for("up", gw.config, gw.config.base_dir / "adapter")
     try:
         with pytest.raises(ProviderError) as pooled:
             await adapter.get_batch("batch_abc")

@@ -17,11 +17,10 @@ from aiohttp.test_utils import TestServer
 
 from providers.base import ProviderError
 from providers.openai_compat import OpenAICompatProvider, parse_batch
-from providers.registry import build_provider
 from providers.transport import AiohttpTransport
 from tests.conftest import Gateway, StartGateway
 from tests.fakes.openai_upstream import ANYAPI_ENDPOINTS, UPSTREAM, make_openai_upstream
-from tests.support import chat_file, jsonl, make_config
+from tests.support import adapter_for, chat_file, jsonl, make_config
 from tests.test_flow_sdk import wait_terminal
 from tests.test_pool import TRANSPORTS
 
@@ -264,7 +263,7 @@ async def test_transport_setting_picks_what_carries_the_small_calls(
     start_remote: Callable[..., Awaitable[Started]], transport: str
 ) -> None:
     gw, _, _ = await start_remote()
-    adapter = build_provider("anyapi", gw.config.providers["anyapi"])
+    adapter = adapter_for("anyapi", gw.config, gw.config.base_dir / "adapter")
     assert isinstance(adapter, OpenAICompatProvider)
     try:
         assert isinstance(adapter._transport, AiohttpTransport) == (transport == "aiohttp")
@@ -318,7 +317,7 @@ async def test_a_refused_connect_is_definite(
     file_id = await upload(gw)
     first = await create(gw, file_id)  # the file's copy is at the provider from now on
     await upstream.close()
-    adapter = build_provider("anyapi", gw.config.providers["anyapi"])
+    adapter = adapter_for("anyapi", gw.config, gw.config.base_dir / "adapter")
     try:
         with pytest.raises(ProviderError) as refused:
             await adapter.get_batch("batch_abc")

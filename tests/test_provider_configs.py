@@ -7,15 +7,12 @@ from typing import Any
 
 import pytest
 
-from gateway.config import (
-    AnthropicProviderConfig,
-    ConfigError,
-    EmulatedProviderConfig,
-    parse_config,
-)
-from providers.anthropic import AnthropicProvider
-from providers.emulated import EmulatedProvider
+from gateway.blobs import LocalBlobs
+from gateway.config import ConfigError, parse_config
+from providers.anthropic import AnthropicProvider, AnthropicProviderConfig
+from providers.emulated import EmulatedProvider, EmulatedProviderConfig
 from providers.registry import build_provider
+from tests.support import MemoryState
 
 
 def load(tmp_path: Path, **providers: dict[str, Any]) -> dict[str, Any]:
@@ -78,8 +75,12 @@ async def test_registry_builds_the_new_types(tmp_path: Path) -> None:
         claude={"type": "anthropic", "api_key": "k"},
         local={"type": "emulated", "base_url": "http://127.0.0.1:1/v1", "concurrency": 2},
     )
-    claude = build_provider("claude", providers["claude"])
-    local = build_provider("local", providers["local"])
+    claude = build_provider(
+        "claude", providers["claude"], state=MemoryState(), blobs=LocalBlobs(tmp_path / "b")
+    )
+    local = build_provider(
+        "local", providers["local"], state=MemoryState(), blobs=LocalBlobs(tmp_path / "b")
+    )
     try:
         assert isinstance(claude, AnthropicProvider) and isinstance(local, EmulatedProvider)
         assert claude.supports("/v1/chat/completions") and not claude.supports("/v1/embeddings")

@@ -107,7 +107,21 @@ class RetentionMethods(Protocol):
     async def leftovers(self) -> list[ProviderDeletion]: ...
 
 
-class Store(RetentionMethods, Protocol):
+class ProviderStateMethods(Protocol):
+    """Adapters' own state (`providers.context.StateStore`), one JSON object per key."""
+
+    async def get_provider_state(self, provider: str, key: str) -> dict[str, Any] | None: ...
+
+    async def put_provider_state(
+        self, provider: str, key: str, state: dict[str, Any], *, active: bool, now: float
+    ) -> None: ...
+
+    async def delete_provider_state(self, provider: str, key: str) -> None: ...
+
+    async def active_provider_states(self, provider: str) -> list[dict[str, Any]]: ...
+
+
+class Store(RetentionMethods, ProviderStateMethods, Protocol):
     """Everything the gateway persists; SQLite and PostgreSQL implement it alike."""
 
     async def close(self) -> None: ...

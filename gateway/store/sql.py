@@ -20,6 +20,7 @@ from gateway.store import migrate
 from gateway.store.base import BatchRecord, FileRecord, Page, UnknownCursor, WebhookDelivery
 from gateway.store.idempotency import IdempotencyStore
 from gateway.store.migrate import Executor, Row
+from gateway.store.provider_state import ProviderStateStore
 from gateway.store.retention import RetentionStore
 from gateway.store.rows import (
     BATCH_COLS,
@@ -31,7 +32,7 @@ from gateway.store.rows import (
 )
 
 
-class SQLStore(IdempotencyStore, RetentionStore, ABC):
+class SQLStore(IdempotencyStore, RetentionStore, ProviderStateStore, ABC):
     """Every Store method, over whatever connections a backend provides."""
 
     dialect: ClassVar[str]

@@ -348,7 +348,7 @@ def parse_config(raw: Any, base_dir: Path) -> Config:
     for name, provider in config.providers.items():
         reason = None
         unset = [var for p, var in missing if p.startswith(f"providers.{name}.")]
-        if provider.key_policy == "required" and provider.secret_key() is None:
+        if provider.key_missing():
             reason = f"api_key is not set ({', '.join(unset) or 'empty'})"
         elif provider.key_policy == "optional" and (
             key_vars := [var for p, var in missing if p == f"providers.{name}.api_key"]

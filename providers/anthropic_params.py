@@ -4,7 +4,25 @@ Pure functions, no I/O. Anything that cannot be said to Anthropic without changi
 request's meaning raises `TranslationError`, so a batch is rejected at create (with the
 line number) instead of coming back as silently different answers. Sampling hints with
 no Anthropic equivalent that cannot change what a correct answer is (seed, penalties,
-logit_bias, store, service_tier) are dropped.
+logit_bias, store, service_tier) are dropped. A parameter set to null counts as unset.
+
+What Anthropic accepts depends on the `anthropic-version` the adapter sends, so
+`chat_to_params` takes it (`anthropic_version`, a YYYY-MM-DD string):
+
+- From 2026-10-21 (the default of Anthropic's 2.x SDKs) the Messages API, and so Message
+  Batches, answer 400 to `temperature`, `top_p` or `top_k` at any value. A line that sets
+  one (non-null) is refused here, naming it, rather than dropped: dropping would quietly
+  change what the caller asked for, and sending it would fail the line after the batch ran.
+  Before that version temperature (clamped to Anthropic's 0-1) and top_p are sent.
+- `response_format: {"type": "json_schema", ...}` becomes `output_config.format`
+  (`{"type": "json_schema", "schema": ...}`), generally available in every version above
+  without a beta header; the deprecated beta form (`output_format` with the
+  `structured-outputs-2025-11-13` header) is not used. Anthropic always constrains the
+  output to the schema, which satisfies `strict` true or false; `name` is only a label and is
+  not sent; a `description` (which would steer the model) has no equivalent and is refused.
+  `json_object` is refused: Anthropic has no schema-less JSON mode.
+- A function's `strict: true` becomes the tool's `strict: true`; a message `name` has no
+  Anthropic equivalent (messages carry only role and content) and is refused.
 """
 
 from __future__ import annotations
@@ -27,6 +45,10 @@ _HANDLED = frozenset(
     | {"top_p", "tools", "tool_choice", "parallel_tool_calls", "user", "stream", "n"}
     | {"logprobs", "top_logprobs", "response_format"}
 )
+# The first API version without sampling parameters; versions compare as ISO dates.
+_NO_SAMPLING_SINCE = "2026-10-21"
+_SAMPLING = ("temperature", "top_p", "top_k")
+_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
 _TOOL_CHOICE = {"auto": "auto", "required": "any", "none": "none"}
 _DATA_URL = re.compile(r"data:(image/[A-Za-z0-9.+-]+);base64,(.+)", re.DOTALL)
 _CUSTOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -124,6 +146,8 @@ def _messages(messages: Any) -> tuple[str, list[Json]]:
         where = f"messages[{i}]"
         if not isinstance(message, Mapping):
             raise TranslationError(f"{where}: must be an object")
+        if message.get("name") not in (None, ""):
+            raise TranslationError(f"parameter '{where}.name' is not supported by Anthropic")
         role, content = message.get("role"), message.get("content")
         if role in ("system", "developer"):
             if text := _text(content, f"{where}.content"):
@@ -171,6 +195,11 @@ def _tools(tools: Any) -> list[Json]:
         item: Json = {"name": fn["name"], "input_schema": schema}
         if isinstance(fn.get("description"), str):
             item["description"] = fn["description"]
+        strict = fn.get("strict")
+        if strict is not None and not isinstance(strict, bool):
+            raise TranslationError(f"tools[{i}]: function.strict must be a boolean")
+        if strict:  # false is Anthropic's default: nothing to send
+            item["strict"] = True
         out.append(item)
     return out
 
@@ -199,9 +228,9 @@ def _number(body: Mapping[str, Any], name: str) -> float | None:
 
 
 def _max_tokens(body: Mapping[str, Any], default: int | None) -> int:
-    value = body.get("max_completion_tokens", body.get("max_tokens"))
-    if value is None:
-        value = default
+    # max_completion_tokens wins; an explicit null in either falls through to the other.
+    names = ("max_completion_tokens", "max_tokens")
+    value = next((body[n] for n in names if body.get(n) is not None), default)
     if value is None:
         raise TranslationError(
             "max_tokens is required by Anthropic: set max_completion_tokens or max_tokens, "
@@ -212,8 +241,41 @@ def _max_tokens(body: Mapping[str, Any], default: int | None) -> int:
     return value
 
 
-def _refuse_unsupported(body: Mapping[str, Any]) -> None:
-    if unknown := sorted(set(body) - _HANDLED - _DROPPED):
+def _output_format(fmt: Any) -> Json | None:
+    """`response_format` as Anthropic's `output_config.format`; None for plain text."""
+    kind = fmt.get("type") if isinstance(fmt, Mapping) else None
+    if fmt is None or kind == "text":
+        return None
+    if kind == "json_object":
+        raise TranslationError(
+            "response_format json_object is not supported by Anthropic (no schema-less JSON "
+            "mode): use json_schema"
+        )
+    if kind != "json_schema":
+        raise TranslationError("response_format must be text or json_schema")
+    spec = fmt.get("json_schema")
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("schema"), Mapping):
+        raise TranslationError("response_format.json_schema.schema must be an object")
+    if spec.get("description"):
+        raise TranslationError(
+            "parameter 'response_format.json_schema.description' is not supported by Anthropic"
+        )
+    if spec.get("strict") is not None and not isinstance(spec["strict"], bool):
+        raise TranslationError("response_format.json_schema.strict must be a boolean")
+    return {"type": "json_schema", "schema": dict(spec["schema"])}
+
+
+def _refuse_unsupported(body: Mapping[str, Any], version: str) -> None:
+    if not isinstance(version, str) or not _VERSION.fullmatch(version):
+        raise TranslationError(f"anthropic_version {version!r} is not a YYYY-MM-DD API version")
+    if version >= _NO_SAMPLING_SINCE:
+        for name in _SAMPLING:
+            if body.get(name) is not None:
+                raise TranslationError(
+                    f"parameter {name!r} is not accepted by Anthropic API version {version} "
+                    f"(no sampling parameters since {_NO_SAMPLING_SINCE})"
+                )
+    if unknown := sorted(k for k in set(body) - _HANDLED - _DROPPED if body[k] is not None):
         raise TranslationError(f"parameter {unknown[0]!r} is not supported by Anthropic")
     if body.get("stream"):
         raise TranslationError("stream is not allowed in a batch")
@@ -221,14 +283,18 @@ def _refuse_unsupported(body: Mapping[str, Any]) -> None:
         raise TranslationError("n > 1 is not supported by Anthropic")
     if body.get("logprobs") or body.get("top_logprobs") is not None:
         raise TranslationError("logprobs are not supported by Anthropic")
-    fmt = body.get("response_format")
-    if fmt is not None and not (isinstance(fmt, Mapping) and fmt.get("type") == "text"):
-        raise TranslationError("response_format other than text is not supported by Anthropic")
 
 
-def chat_to_params(body: Mapping[str, Any], *, default_max_tokens: int | None) -> Json:
-    """Anthropic `MessageCreateParams` for one chat.completions request body."""
-    _refuse_unsupported(body)
+def chat_to_params(
+    body: Mapping[str, Any],
+    *,
+    default_max_tokens: int | None,
+    anthropic_version: str = "2023-06-01",
+) -> Json:
+    """Anthropic `MessageCreateParams` for one chat.completions request body, as the
+    `anthropic-version` the adapter sends accepts it."""
+    _refuse_unsupported(body, anthropic_version)
+    output_format = _output_format(body.get("response_format"))
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise TranslationError("model is missing")
     system, turns = _messages(body.get("messages"))
@@ -256,4 +322,6 @@ def chat_to_params(body: Mapping[str, Any], *, default_max_tokens: int | None) -
         params["tool_choice"] = choice
     if isinstance(body.get("user"), str) and body["user"]:
         params["metadata"] = {"user_id": body["user"]}
+    if output_format is not None:
+        params["output_config"] = {"format": output_format}
     return params

@@ -104,6 +104,10 @@ class ProviderConfig(_Model):
             raise ValueError("set ca_file or tls_verify: false, not both")
         return self
 
+    def key_missing(self) -> bool:
+        """A key this provider cannot work without is not set (the loader disables it)."""
+        return self.key_policy == "required" and self.secret_key() is None
+
     def secret_key(self) -> str | None:
         """The API key in clear, for the adapter; None when the type has none or it is unset."""
         key = getattr(self, "api_key", None)

@@ -1,16 +1,19 @@
 """One emulated batch, run to its end by the gateway against a synchronous endpoint.
 
-The result files are the progress record: each finished line is one unbuffered append to
-the output or error JSONL (`ResultSpool(durable=True)`), so there is no moment at which a
-line counts as finished without its result, or has a result without counting. A restart
-re-reads the files, skips every custom_id found there and sends only the rest.
+The results are written in parts (`emulated_spool.PartSpool`): every `flush_lines` finished
+lines or `flush_seconds`, whichever comes first, the lines finished since the last flush
+become committed part blobs, and only then does the saved state name them. A restart
+re-reads the parts, skips every custom_id found there and sends only the rest; the lines
+that finished after the last flush of a process that crashed are sent again (at most one
+flush window's worth). A shutdown flushes first, so it sends nothing twice.
 
-Stopping comes in three kinds:
+Stopping comes in four kinds:
 - cancel: stop dispatching, let in-flight requests finish, the rest -> `batch_cancelled`;
 - expiry of the completion window: stop dispatching and abandon in-flight requests (the
   window is a hard limit), the rest -> `batch_expired`;
-- shutdown (`close`): stop dispatching, give in-flight requests a grace period, write
-  nothing more; the batch resumes in the next process.
+- shutdown (`close`): stop dispatching, give in-flight requests a grace period, flush
+  what finished and write nothing more; the batch resumes in the next process;
+- lost lease (another process took the batch over): stop at once, write nothing more.
 """
 
 from __future__ import annotations
@@ -19,16 +22,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
 
 from providers.base import ProviderError, now
+from providers.emulated_spool import PartSpool
 from providers.http import RawResponse, kind_for_status
-from providers.localfiles import ResultSpool, input_lines
 from providers.ratelimit import Throttle, estimate_tokens
 from providers.results import (
     CANCELLED,
@@ -45,9 +47,11 @@ __all__ = ["BatchRun", "Limits", "Send"]
 log = logging.getLogger("providers.emulated")
 
 _LOST = ("gateway_error", "The gateway could not run this request; see its log.")
+_OUTCOMES = {"cancelled": CANCELLED, "expired": EXPIRED, "completed": None}
 # POST `path` (the line's url without /v1) with a JSON body; transport failures raise.
 Send = Callable[[str, bytes], Awaitable[RawResponse]]
 Json = dict[str, Any]
+Lines = Callable[[], AsyncIterator[tuple[int, bytes]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,9 @@ class Limits:
     max_retries: int = 5
     retry_backoff_seconds: float = 1.0
     completion_window_seconds: float = 86_400
+    # How much finished work a crash can make the next process send again.
+    flush_lines: int = 1000
+    flush_seconds: float = 2.0
 
 
 def _json(body: bytes) -> Any:
@@ -68,22 +75,22 @@ def _json(body: bytes) -> Any:
 
 
 class BatchRun:
-    """Owns one batch's state dict while it runs; `save` persists it atomically."""
+    """Owns one batch's state dict while it runs; `save` persists it (one atomic write)."""
 
     def __init__(
         self,
         state: Json,
         *,
-        input_path: Path,
-        spool: ResultSpool,
-        save: Callable[[Json], None],
+        lines: Lines,
+        spool: PartSpool,
+        save: Callable[[Json], Awaitable[None]],
         send: Send,
         throttle: Throttle,
         limits: Limits,
         scrub: Callable[[str], str],
     ) -> None:
         self.state = state
-        self.input_path = input_path
+        self.lines = lines
         self.spool = spool
         self._save = save
         self._send = send
@@ -93,6 +100,7 @@ class BatchRun:
         self.finished: set[str] = set()
         self.stop_reason: tuple[str, str] | None = CANCELLED if state["cancelling_at"] else None
         self._stop = asyncio.Event()
+        self._flush_now = asyncio.Event()
         self._closing = False
         self._in_flight: set[asyncio.Task[None]] = set()
         self._dispatcher: asyncio.Task[None] | None = None
@@ -102,14 +110,16 @@ class BatchRun:
         self.task = asyncio.create_task(self._main(), name=f"emulated {self.state['id']}")
         return self.task
 
-    def cancel(self) -> None:
-        if self.stop_reason is None:
-            self.state["cancelling_at"] = now()
-            self._save(self.state)
+    async def cancel(self, at: int | None = None) -> None:
+        """Cancel (here, or as asked by another replica at `at`)."""
+        if self.stop_reason is None and not self._closing:
+            self.state["cancelling_at"] = at or now()
             self._halt(CANCELLED)
+            await self._save(self.state)
 
-    async def shutdown(self, grace_seconds: float) -> None:
-        """Stop for a process exit: in-flight requests get `grace_seconds` to finish."""
+    async def shutdown(self, grace_seconds: float, *, flush: bool = True) -> None:
+        """Stop for a process exit: in-flight requests get `grace_seconds` to finish, then
+        what finished is flushed (`flush=False` when another process has taken over)."""
         self._closing = True
         self._halt(None)
         if self._in_flight:
@@ -121,6 +131,11 @@ class BatchRun:
         if self.task is not None and not self.task.done():
             self.task.cancel()
             await asyncio.wait({self.task})
+        if flush:
+            try:
+                await self.spool.flush()
+            except Exception as exc:  # those lines are sent again by the next process
+                log.error("emulated batch %s: flush at shutdown failed: %r", self.state["id"], exc)
 
     def _halt(self, reason: tuple[str, str] | None) -> None:
         if reason is not None and self.stop_reason is None:
@@ -135,24 +150,39 @@ class BatchRun:
             task.cancel()
 
     async def _main(self) -> None:
-        self.finished = await asyncio.to_thread(self.spool.recover)
+        self.finished = await self.spool.recover()
         deadline = self.state["created"] + self._limits.completion_window_seconds
         if self.stop_reason is None and time.time() >= deadline:
             self.stop_reason = EXPIRED
         if self.state["in_progress_at"] is None:
             self.state["in_progress_at"] = now()
-            self._save(self.state)
-        with self.spool.writing(append=True):
-            if self.stop_reason is None:
+            await self._save(self.state)
+        flusher = asyncio.create_task(self._flusher())
+        try:
+            if self.stop_reason is None and self.state.get("ending") is None:
                 loop = asyncio.get_running_loop()
                 timer = loop.call_later(max(0.0, deadline - time.time()), self._expire)
                 try:
                     await self._execute()
                 finally:
                     timer.cancel()
-            if self._closing:
-                return
-            await self._finish()
+        finally:
+            flusher.cancel()
+            await asyncio.wait({flusher})
+        if self._closing:
+            return
+        await self._finish()
+
+    async def _flusher(self) -> None:
+        """Flush every `flush_seconds`, or sooner when `flush_lines` are pending."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_now.wait(), self._limits.flush_seconds)
+            self._flush_now.clear()
+            try:
+                await self.spool.flush()
+            except Exception as exc:  # the lines stay pending; the next flush tries again
+                log.error("emulated batch %s: flush failed: %r", self.state["id"], exc)
 
     async def _execute(self) -> None:
         self._dispatcher = asyncio.create_task(self._dispatch())
@@ -162,7 +192,9 @@ class BatchRun:
 
     async def _dispatch(self) -> None:
         """Start a task per unfinished line, never more than the concurrency limit at once."""
-        for index, (_, raw) in enumerate(input_lines(self.input_path)):
+        index = -1
+        async for _, raw in self.lines():
+            index += 1
             item = orjson.loads(raw)
             if item["custom_id"] in self.finished:
                 continue
@@ -176,6 +208,12 @@ class BatchRun:
         self._throttle.slots.release()
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("emulated batch %s: a line failed unexpectedly: %r", self.state["id"], exc)
+
+    def _add(self, line: Json) -> None:
+        self.spool.add(line)
+        self.finished.add(line["custom_id"])
+        if self.spool.pending >= self._limits.flush_lines:
+            self._flush_now.set()
 
     async def _run_line(self, index: int, item: Json) -> None:
         path = item["url"].removeprefix("/v1")
@@ -208,8 +246,7 @@ class BatchRun:
                 await asyncio.wait_for(self._stop.wait(), delay)
             if self._stop.is_set():
                 return  # stopping: the line stays unfinished
-        self.spool.add(self._result(index, item["custom_id"], outcome))
-        self.finished.add(item["custom_id"])
+        self._add(self._result(index, item["custom_id"], outcome))
 
     def _result(self, index: int, custom_id: str, outcome: RawResponse | ProviderError) -> Json:
         line_id = f"batch_req_{stable_hex(self.state['id'], index, 'line')}"
@@ -231,28 +268,37 @@ class BatchRun:
     async def _finish(self) -> None:
         """Write the lines that never ran, publish the files, record the final state."""
         state = self.state
-        if state["finalizing_at"] is None:
-            state["finalizing_at"] = now()
-            self._save(state)
-        reason = self.stop_reason  # read once: a cancel may still arrive while finalizing
-        # Without a stop, a line is unfinished only if its task failed unexpectedly (logged).
-        unfinished = await asyncio.to_thread(self._write_unfinished, reason or _LOST)
-        if reason == EXPIRED and unfinished == 0:
-            reason = None  # every line had finished: a restart after the window ended
-        state["result"] = self.spool.publish()
-        status = {CANCELLED: "cancelled", EXPIRED: "expired", None: "completed"}[reason]
+        status = state.get("ending")
+        if status is None:  # decided once: a crash while finishing must not change it
+            reason = self.stop_reason  # read once: a cancel may still arrive while finalizing
+            # Without a stop, a line is unfinished only if its task failed (logged).
+            unfinished = await self._unfinished()
+            if reason == EXPIRED and not unfinished:
+                reason = None  # every line had finished: a restart after the window ended
+            status = {CANCELLED: "cancelled", EXPIRED: "expired", None: "completed"}[reason]
+            state["ending"] = status
+            state["finalizing_at"] = state["finalizing_at"] or now()
+            await self._save(state)
+        else:
+            unfinished = await self._unfinished()
+        for index, custom_id in unfinished:
+            line_id = f"batch_req_{stable_hex(state['id'], index, 'line')}"
+            self._add(error_line(line_id, custom_id, _OUTCOMES[status] or _LOST))
+        state["result"] = await self.spool.publish(state["result_files"], state["id"])
         state["status"] = status
         state[f"{status}_at"] = now()
-        self._save(state)
+        parts = state.pop("parts")
+        await self._save(state)
+        # A crash right here leaves these parts behind, unnamed by any state.
+        await self.spool.delete_parts(parts)
 
-    def _write_unfinished(self, reason: tuple[str, str]) -> int:
-        """Every line that never got an answer, as `reason`; returns how many."""
-        written = 0
-        for index, (_, raw) in enumerate(input_lines(self.input_path)):
+    async def _unfinished(self) -> list[tuple[int, str]]:
+        """(index, custom_id) of every line that has no result yet."""
+        missing = []
+        index = -1
+        async for _, raw in self.lines():
+            index += 1
             custom_id = orjson.loads(raw)["custom_id"]
             if custom_id not in self.finished:
-                line_id = f"batch_req_{stable_hex(self.state['id'], index, 'line')}"
-                self.spool.add(error_line(line_id, custom_id, reason))
-                self.finished.add(custom_id)
-                written += 1
-        return written
+                missing.append((index, custom_id))
+        return missing

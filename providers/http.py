@@ -14,7 +14,7 @@ import re
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
@@ -25,18 +25,20 @@ from providers.pool import ConnectionPool
 from providers.retry import retry_after_seconds
 from providers.transport import (
     AiohttpTransport,
+    Body,
     ConnectError,
     HTTPSettings,
     Transport,
     aiohttp_failure,
 )
 
-# What a provider's message may carry that is not the gateway's to show: its upstream ids,
-# URLs, host:port pairs and addresses, organization and project ids, and API keys (its own,
-# already redacted exactly, or any other key-shaped token it echoes).
+# What any provider's message may carry that is not the gateway's to show: OpenAI-style
+# upstream ids, URLs, host:port pairs and addresses, organization and project ids, and API
+# keys (its own, already redacted exactly, or any other key-shaped token it echoes). A
+# provider type's own id shapes are its adapter's `id_patterns`.
 _SCRUBBED = (
     (re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+"), "[url]"),
-    (re.compile(r"\b(?:file|batch|msgbatch|req|batch_req)[-_][A-Za-z0-9_-]+"), "[upstream id]"),
+    (re.compile(r"\b(?:file|batch|req|batch_req)[-_][A-Za-z0-9_-]+"), "[upstream id]"),
     (re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_-]{8,}"), "[redacted]"),
     (re.compile(r"\borg-[A-Za-z0-9]{4,}"), "[organization]"),
     (re.compile(r"\bproj_[A-Za-z0-9]{4,}"), "[project]"),
@@ -44,6 +46,8 @@ _SCRUBBED = (
     (re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?\b"), "[host]"),
     (re.compile(r"\b(?:[A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*:\d{2,5}\b"), "[host]"),
 )
+# Batch and request ids of the providers that use UUIDs (Azure, Mistral, Together).
+UUID_ID = (re.compile(r"\b[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\b"), "[upstream id]")
 CHUNK = 256 * 1024
 # How much of a streamed download may wait in the client's buffer before reading
 # pauses (aiohttp's default, 64 KiB, pauses the socket after every read).
@@ -122,6 +126,9 @@ class HTTPProvider(BaseProvider):
     # `x-api-key: <key>`.
     key_header = "Authorization"
     key_prefix = "Bearer "
+    # This provider type's own id and resource-name shapes, with what replaces them; they
+    # are scrubbed from every message before the generic shapes above.
+    id_patterns: tuple[tuple[re.Pattern[str], str], ...] = ()
 
     def __init__(
         self,
@@ -156,7 +163,7 @@ class HTTPProvider(BaseProvider):
         """A provider's message made safe for a client and a log line."""
         for secret in self._secrets:
             text = text.replace(secret, "[redacted]")
-        for pattern, replacement in _SCRUBBED:
+        for pattern, replacement in (*self.id_patterns, *_SCRUBBED):
             text = pattern.sub(replacement, text)
         return text.replace(self._host, "[host]")[:1000] if self._host else text[:1000]
 
@@ -173,7 +180,7 @@ class HTTPProvider(BaseProvider):
         path: str,
         *,
         json: Any = None,
-        data: bytes | aiohttp.FormData | IO[bytes] | None = None,
+        data: Body = None,
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> RawResponse:
@@ -209,10 +216,13 @@ class HTTPProvider(BaseProvider):
         return data
 
     @asynccontextmanager
-    async def stream(self, path: str) -> AsyncIterator[AsyncIterator[bytes]]:
+    async def stream(
+        self, path: str, *, headers: Mapping[str, str] | None = None
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
         """GET `path` and yield its body as chunks; errors surface on entry."""
         with transport_errors():
-            async with self._client.open("GET", path, read_bufsize=STREAM_BUFFER) as resp:
+            opened = self._client.open("GET", path, None, headers, read_bufsize=STREAM_BUFFER)
+            async with opened as resp:
                 if resp.status >= 400:
                     raise self.http_error(resp.status, await resp.read(), resp.headers)
                 yield _received(resp.content)

@@ -1,12 +1,14 @@
-"""Built-in offline provider that plays OpenAI's batch lifecycle from files on disk.
+"""Built-in offline provider that plays OpenAI's batch lifecycle from stored state.
 
 The gateway, its tests and the demo need an upstream that behaves like a real one
 (statuses advancing over time, output + error files, partial results on cancel)
-without network or keys. All state is on disk and the status is derived from wall
-clock time, so a restart keeps working and no background task is needed.
+without network or keys. The status is derived from wall clock time and the batch's
+state, so a restart (or another replica) carries on and no background task is needed.
 
-On disk: `<file id>.jsonl` + `<file id>.meta.json` per file (`providers.localfiles`),
-`<batch id>.json` per batch.
+Kept in the gateway's stores, nothing on local disk: input copies and result files via
+`providers.stored_files` (`file-sbx…`), each batch's state under its id, and under
+`batches` the recent tagged batches (the tag lookup after an ambiguous create). Result
+files are written the first time a finished batch is read, streaming its input copy.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from providers.base import (
+    CLOCK_SKEW_SECONDS,
     TERMINAL_STATUSES,
     BaseProvider,
     BatchRequest,
@@ -35,7 +38,6 @@ from providers.base import (
 )
 from providers.config import ProviderConfig
 from providers.context import ProviderContext, ProviderType
-from providers.localfiles import LocalFileMethods, LocalFiles, ResultSpool, input_lines, write_json
 from providers.results import (
     CANCELLED,
     batch_usage,
@@ -44,11 +46,20 @@ from providers.results import (
     response_line,
     stable_hex,
 )
+from providers.stored_files import (
+    ResultSpool,
+    StoredFileMethods,
+    StoredFiles,
+)
 
 __all__ = ["SandboxProvider", "embedding_vector", "line_error", "result_body", "result_line"]
 
 EXPIRY_SECONDS = 86_400
 _BATCH_ID = re.compile(r"batch_sbx[0-9a-f]{24}")
+# The state key listing recent tagged batches, and how long a batch stays listed.
+_INDEX = "batches"
+INDEX_SECONDS = 7 * 86_400
+LEASE_SECONDS, LEASE_ATTEMPTS = 10.0, 500  # about 10 s of 20 ms waits
 _REQUIRED = {  # what each endpoint refuses to run without
     "/v1/chat/completions": ("model", "messages"),
     "/v1/embeddings": ("model", "input"),
@@ -233,61 +244,104 @@ def timeline(state: dict[str, Any], t: float) -> tuple[str, dict[str, int | None
     return ("validating" if t < start else "in_progress" if t < run_end else "finalizing"), ts, done
 
 
-def _scan(path: Path, endpoint: str) -> tuple[int, str | None, list[int]]:
+async def _scan(
+    files: StoredFiles, file_id: str, endpoint: str
+) -> tuple[int, str | None, list[int]]:
     """Line count, first line's model and the indices that will fail, fixed at creation."""
     count, model, failed = 0, None, []
-    for index, (_, raw) in enumerate(input_lines(path)):
+    async for _, raw in files.lines(file_id):
         obj = _parse(raw)
         body = obj.get("body") if obj else None
-        if index == 0 and isinstance(body, dict) and isinstance(body.get("model"), str):
+        if count == 0 and isinstance(body, dict) and isinstance(body.get("model"), str):
             model = body["model"]
         if _refusal(obj, endpoint) is not None:
-            failed.append(index)
+            failed.append(count)
         count += 1
     return count, model, failed
 
 
-class SandboxProvider(LocalFileMethods, BaseProvider):
+class SandboxProvider(StoredFileMethods, BaseProvider):
     """Simulated OpenAI batches. Timing settings are copied into each batch at creation,
-    so restarting with other settings does not rewrite a running batch's history."""
+    so restarting with other settings does not rewrite a running batch's history.
+
+    `legacy_dir` is the folder earlier versions kept everything in; what it holds is
+    imported into the stores by the first call, then the folder is renamed."""
 
     lookup: Lookup = "tag"
+    legacy_states = _BATCH_ID
 
     def __init__(
         self,
-        name: str,
+        context: ProviderContext,
         *,
-        directory: Path,
-        endpoints: frozenset[str],
+        legacy_dir: Path | None = None,
         validate_seconds: float = 1.0,
         line_seconds: float = 0.2,
         finalize_seconds: float = 1.0,
         cancel_seconds: float = 1.0,
     ) -> None:
-        super().__init__(name, endpoints)
-        self.directory = Path(directory)
-        self.files = LocalFiles(self.directory, "file-sbx", "the sandbox")
+        super().__init__(context.name, context.endpoints)
+        self.state = context.state
+        self.files = StoredFiles(context, "file-sbx", "the sandbox")
+        self.legacy_dir = legacy_dir
         self.timing = {"validate_seconds": validate_seconds, "line_seconds": line_seconds}
         self.timing |= {"finalize_seconds": finalize_seconds, "cancel_seconds": cancel_seconds}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._index_lock = asyncio.Lock()
 
-    def _batch_path(self, batch_id: str) -> Path:
-        if not _BATCH_ID.fullmatch(batch_id):
+    async def _adopt_legacy(self, state: dict[str, Any]) -> None:
+        """A batch state from the legacy folder, stored as `create_batch` stores one."""
+        if await self.state.load(state["id"]) is not None:
+            return
+        state.setdefault("result_files", [self.files.new_id(), self.files.new_id()])
+        await self._index_add(state)
+        await self.state.save(state["id"], state)
+
+    async def _load(self, batch_id: str) -> dict[str, Any]:
+        state = await self.state.load(batch_id) if _BATCH_ID.fullmatch(batch_id) else None
+        if state is None:
             raise self.files.not_found("batch")
-        return self.directory / f"{batch_id}.json"
+        return state
 
-    def _generate(self, state: dict[str, Any], done: int) -> dict[str, Any]:
-        """Write output/error files: the first `done` lines ran, the rest were cancelled."""
+    async def _index_add(self, state: dict[str, Any]) -> None:
+        """List a tagged batch under `_INDEX` for `tagged_batches` (the state store has no
+        listing). The read-modify-write holds the key's lease, so creates on two replicas
+        never drop each other's entry; entries older than INDEX_SECONDS are dropped."""
+        tag = state.get("gateway_batch_id")
+        if not isinstance(tag, str) or state["created_at"] < time.time() - INDEX_SECONDS:
+            return
+        async with self._index_lock:
+            for _ in range(LEASE_ATTEMPTS):
+                if await self.state.claim(_INDEX, LEASE_SECONDS):
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise ProviderError("retryable", "the sandbox's batch index is busy")
+            try:
+                entries = (await self.state.load(_INDEX) or {}).get("batches", [])
+                oldest = time.time() - INDEX_SECONDS
+                entries = [e for e in entries if e["created_at"] >= oldest]
+                entries.append({"id": state["id"], "created_at": state["created_at"], "tag": tag})
+                await self.state.save(_INDEX, {"batches": entries})
+            finally:
+                await self.state.release(_INDEX)
+
+    async def _generate(self, state: dict[str, Any], done: int) -> dict[str, Any]:
+        """Write output/error files: the first `done` lines ran, the rest were cancelled.
+
+        The files' ids were chosen at create and the lines are derived from the state
+        alone, so two replicas finishing the same batch write the same files."""
         batch_id, endpoint = state["id"], state["endpoint"]
         created = int(state["created"] + state["validate_seconds"])
-        spool = ResultSpool(self.files, batch_id)
-        with spool.writing():
-            for index, (_, raw) in enumerate(input_lines(self.files.path(state["input_file_id"]))):
+        async with ResultSpool(self.files, batch_id, file_ids=state["result_files"]) as spool:
+            index = 0
+            async for _, raw in self.files.lines(state["input_file_id"]):
                 line, _ = result_line(
                     batch_id, index, endpoint, raw, created=created, run=index < done
                 )
-                spool.add(line)
-        return spool.publish()
+                await spool.add(line)
+                index += 1
+            return await spool.publish()
 
     def _view(
         self, state: dict[str, Any], status: str, ts: dict[str, int | None], done: int
@@ -310,57 +364,67 @@ class SandboxProvider(LocalFileMethods, BaseProvider):
         )
 
     async def create_batch(self, request: BatchRequest) -> UpstreamBatch:
+        await self._ready()
         if not self.supports(request.endpoint):
             message = f"The sandbox does not support endpoint '{request.endpoint}'."
             raise ProviderError("bad_request", message)
         await self.get_file(request.input_file_id)
-        path = self.files.path(request.input_file_id)
-        count, model, failed = await asyncio.to_thread(_scan, path, request.endpoint)
+        count, model, failed = await _scan(self.files, request.input_file_id, request.endpoint)
         created = time.time()
         state: dict[str, Any] = {"id": f"batch_sbx{secrets.token_hex(12)}", **asdict(request)}
         state |= {"created": created, "created_at": int(created), "line_count": count}
         state |= {"model": model, "failed_lines": failed, "cancelling_at": None, "result": None}
+        state |= {"result_files": [self.files.new_id(), self.files.new_id()]}
         state |= self.timing
-        write_json(self._batch_path(state["id"]), state)
+        # Listed first: a listed batch without a state does not exist (skipped), while a
+        # batch not listed would be missed by a tag lookup after a crash.
+        await self._index_add(state)
+        await self.state.save(state["id"], state)
         # With zero delays the clock already says "completed"; a new batch still answers validating.
         return self._view(state, "validating", {"expires_at": int(created) + EXPIRY_SECONDS}, 0)
 
     async def get_batch(self, upstream_id: str) -> UpstreamBatch:
-        path = self._batch_path(upstream_id)
+        await self._ready()
         async with self._locks.setdefault(upstream_id, asyncio.Lock()):
-            state = self.files.read_state(path, "batch")
+            state = await self._load(upstream_id)
             status, ts, done = timeline(state, time.time())
             if status in ("completed", "cancelled") and state.get("result") is None:
-                state["result"] = await asyncio.to_thread(self._generate, state, done)
-                write_json(path, state)
+                state["result"] = await self._generate(state, done)
+                await self.state.save(upstream_id, state)
             return self._view(state, status, ts, done)
 
     async def cancel_batch(self, upstream_id: str) -> UpstreamBatch:
-        path = self._batch_path(upstream_id)
+        await self._ready()
         async with self._locks.setdefault(upstream_id, asyncio.Lock()):
-            state = self.files.read_state(path, "batch")
+            state = await self._load(upstream_id)
             t = time.time()
             status, ts, done = timeline(state, t)
             if status in TERMINAL_STATUSES:
                 raise ProviderError("bad_request", f"Cannot cancel a batch with status '{status}'.")
             if state["cancelling_at"] is None:
                 state["cancelling_at"] = t
-                write_json(path, state)
+                await self.state.save(upstream_id, state)
                 status, ts, done = timeline(state, t)
             ts.pop("cancelled_at", None)  # even with cancel_seconds=0 the call answers "cancelling"
             return self._view(state, "cancelling", ts, done)
 
     async def tagged_batches(self, since: int) -> list[tuple[str, UpstreamBatch]]:
+        await self._ready()
         found = []
-        for path in sorted(self.directory.glob("batch_sbx*.json")):
-            tag = self.files.read_state(path, "batch").get("gateway_batch_id")
-            if isinstance(tag, str):
-                found.append((tag, await self.get_batch(path.stem)))
+        for entry in (await self.state.load(_INDEX) or {}).get("batches", []):
+            if entry["created_at"] < since - CLOCK_SKEW_SECONDS:
+                continue
+            try:
+                found.append((entry["tag"], await self.get_batch(entry["id"])))
+            except ProviderError as exc:
+                if exc.kind != "not_found":  # listed, but its create never finished
+                    raise
         return found
 
 
 class SandboxProviderConfig(ProviderConfig):
     type: Literal["sandbox"]
+    # Where earlier versions kept the sandbox's files: imported once, then renamed.
     dir: Path = Path("./data/sandbox")
     validate_seconds: float = Field(1.0, ge=0)
     line_seconds: float = Field(0.2, ge=0)
@@ -370,9 +434,8 @@ class SandboxProviderConfig(ProviderConfig):
 
 def build(context: ProviderContext, config: SandboxProviderConfig) -> SandboxProvider:
     return SandboxProvider(
-        context.name,
-        directory=config.dir,
-        endpoints=context.endpoints,
+        context,
+        legacy_dir=config.dir,
         validate_seconds=config.validate_seconds,
         line_seconds=config.line_seconds,
         finalize_seconds=config.finalize_seconds,

@@ -32,6 +32,10 @@ UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f]")
 # (status, headers, body): a whole answer of any status.
 Answer = tuple[int, CIMultiDictProxy[str], bytes]
 
+# A request body: bytes and JSON for the small calls; a form, an open file or an aiohttp
+# payload (an async iterable of chunks) streamed by aiohttp for uploads.
+Body = bytes | aiohttp.FormData | aiohttp.payload.Payload | IO[bytes] | None
+
 
 @dataclass(frozen=True, slots=True)
 class HTTPSettings:
@@ -140,7 +144,7 @@ class AiohttpTransport:
         self,
         method: str,
         target: str,
-        body: bytes | aiohttp.FormData | IO[bytes] | None = None,
+        body: Body = None,
         headers: Mapping[str, str] | None = None,
         *,
         read_bufsize: int | None = None,
@@ -168,7 +172,7 @@ class AiohttpTransport:
         self,
         method: str,
         target: str,
-        body: bytes | aiohttp.FormData | IO[bytes] | None = None,
+        body: Body = None,
         headers: Mapping[str, str] | None = None,
     ) -> Answer:
         """Also takes a form or an open file, streamed (uploads, big request bodies)."""

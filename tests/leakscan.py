@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from gateway.config import Config
-from providers.openai_compat import OpenAIProviderConfig
+from providers.config import RemoteConfig
 
 GATEWAY_LOGGERS = ("gateway", "providers", "aiohttp.server", "aiohttp.web", "root")
 
@@ -37,9 +37,8 @@ class LeakScan:
         self.gateways += 1
         self.register(client_key, "a gateway key (Authorization header)")
         for name, provider in config.providers.items():
-            if isinstance(provider, OpenAIProviderConfig):
-                if provider.api_key is not None:
-                    self.register(provider.api_key.get_secret_value(), f"{name}'s api_key")
+            if isinstance(provider, RemoteConfig):
+                self.register(provider.secret_key(), f"{name}'s api_key")
                 self.register(provider.base_url, f"{name}'s upstream URL")
                 self.register(urlsplit(provider.base_url).netloc, f"{name}'s upstream host")
         for name, hook in config.webhooks.items():

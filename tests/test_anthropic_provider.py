@@ -12,8 +12,10 @@ import openai
 import pytest
 from aiohttp.test_utils import TestServer
 
+from gateway.blobs import LocalBlobs
 from providers.anthropic import AnthropicProvider
 from providers.base import BatchRequest, InputFile
+from providers.context import ProviderContext
 from providers.transport import HTTPSettings
 from tests.conftest import Gateway, StartGateway
 from tests.fakes.anthropic_upstream import (
@@ -22,7 +24,7 @@ from tests.fakes.anthropic_upstream import (
     FakeAnthropicState,
     make_anthropic_upstream,
 )
-from tests.support import chat_line, jsonl, make_config
+from tests.support import MemoryState, chat_line, jsonl, make_config
 from tests.test_flow_sdk import assert_complete, wait_terminal
 
 KEY = "sk-ant-secret-123"
@@ -197,13 +199,11 @@ async def test_retrieve_reports_finalizing_while_results_are_fetched(
     aiohttp_server: Callable[..., Awaitable[TestServer]], tmp_path: Path
 ) -> None:
     upstream = await aiohttp_server(make_anthropic_upstream(KEY))
+    http = HTTPSettings(str(upstream.make_url("")))
     provider = AnthropicProvider(
-        "claude",
-        frozenset({CHAT}),
-        HTTPSettings(str(upstream.make_url(""))),
+        ProviderContext("claude", frozenset({CHAT}), MemoryState(), LocalBlobs(tmp_path), http),
         api_key=KEY,
         anthropic_version="2023-06-01",
-        directory=tmp_path / "anth",
         default_max_tokens=16,
         finalize_wait_seconds=0,
     )

@@ -133,6 +133,189 @@ def test_max_tokens_is_required_without_a_default() -> None:
         chat_to_params(body, default_max_tokens=None)
 
 
+NEW_VERSION = "2026-10-21"  # Anthropic's first API version without sampling parameters
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"max_completion_tokens": None, "max_tokens": 100}, 100),
+        ({"max_tokens": 100, "max_completion_tokens": None}, 100),
+        ({"max_completion_tokens": 100, "max_tokens": None}, 100),
+        ({"max_tokens": None, "max_completion_tokens": 100}, 100),
+        ({"max_completion_tokens": None, "max_tokens": None}, 256),
+        ({"max_completion_tokens": 50, "max_tokens": 9}, 50),
+    ],
+)
+def test_an_explicit_null_max_tokens_falls_back_to_the_other_field(
+    fields: dict[str, Any], expected: int
+) -> None:
+    assert params(**fields)["max_tokens"] == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("temperature", 0.2), ("temperature", 1.0), ("top_p", 0.9), ("top_k", 40)]
+)
+@pytest.mark.parametrize("version", [NEW_VERSION, "2027-03-01"])
+def test_sampling_parameters_are_refused_from_api_version_2026_10_21(
+    name: str, value: float, version: str
+) -> None:
+    body = {"model": "claude-x", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(TranslationError) as info:
+        chat_to_params(body | {name: value}, default_max_tokens=None, anthropic_version=version)
+    assert f"'{name}'" in str(info.value) and version in str(info.value)
+
+
+def test_null_sampling_parameters_pass_on_api_version_2026_10_21() -> None:
+    body = {
+        "model": "claude-x",
+        "max_completion_tokens": 64,
+        "messages": [{"role": "user", "content": "hi"}],
+        "temperature": None,
+        "top_p": None,
+        "top_k": None,
+    }
+    out = chat_to_params(body, default_max_tokens=None, anthropic_version=NEW_VERSION)
+    assert not {"temperature", "top_p", "top_k"} & set(out)
+    assert out == chat_to_params(body, default_max_tokens=None, anthropic_version="2023-06-01")
+
+
+def test_sampling_parameters_still_map_on_api_version_2023_06_01() -> None:
+    body = {"model": "claude-x", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+    out = chat_to_params(
+        body | {"temperature": 0.2, "top_p": 0.9},
+        default_max_tokens=None,
+        anthropic_version="2023-06-01",
+    )
+    assert (out["temperature"], out["top_p"]) == (0.2, 0.9)
+    with pytest.raises(TranslationError, match="'top_k' is not supported"):
+        params(top_k=40)  # not an OpenAI parameter, in any version
+
+
+def test_a_malformed_api_version_is_refused() -> None:
+    with pytest.raises(TranslationError, match="anthropic_version 'latest'"):
+        chat_to_params(
+            {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+            default_max_tokens=8,
+            anthropic_version="latest",
+        )
+
+
+# OpenAI's structured-outputs example (chain-of-thought math tutor).
+MATH_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "steps": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"explanation": {"type": "string"}, "output": {"type": "string"}},
+                "required": ["explanation", "output"],
+                "additionalProperties": False,
+            },
+        },
+        "final_answer": {"type": "string"},
+    },
+    "required": ["steps", "final_answer"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("version", ["2023-06-01", NEW_VERSION])
+@pytest.mark.parametrize("strict", [True, False, None])
+def test_json_schema_response_format_becomes_output_config_format(
+    version: str, strict: bool | None
+) -> None:
+    body = {
+        "model": "claude-x",
+        "max_completion_tokens": 512,
+        "messages": [
+            {"role": "system", "content": "You are a helpful math tutor."},
+            {"role": "user", "content": "how can I solve 8x + 7 = -23"},
+        ],
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "math_response", "schema": MATH_SCHEMA, "strict": strict},
+        },
+    }
+    out = chat_to_params(body, default_max_tokens=None, anthropic_version=version)
+    assert out["output_config"] == {"format": {"type": "json_schema", "schema": MATH_SCHEMA}}
+    assert "output_format" not in out  # the deprecated beta spelling
+    assert "math_response" not in json.dumps(out)
+
+
+def test_text_response_format_sends_no_output_config() -> None:
+    assert "output_config" not in params(response_format={"type": "text"})
+
+
+@pytest.mark.parametrize(
+    ("response_format", "reason"),
+    [
+        ({"type": "json_object"}, "json_object"),
+        ({"type": "json_schema", "json_schema": {"name": "x"}}, "json_schema.schema"),
+        (
+            {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "description": "A reply", "schema": MATH_SCHEMA},
+            },
+            "'response_format.json_schema.description'",
+        ),
+        ({"type": "regex"}, "text or json_schema"),
+    ],
+)
+def test_untranslatable_response_formats_are_refused(
+    response_format: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(TranslationError) as info:
+        params(response_format=response_format)
+    assert reason in str(info.value)
+
+
+def test_a_message_name_is_refused_naming_the_parameter() -> None:
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "name": "alice", "content": "Hello!"},
+    ]
+    with pytest.raises(TranslationError, match=r"'messages\[1\]\.name'"):
+        params(messages=messages)
+    assert params(messages=[{"role": "user", "name": None, "content": "Hello!"}])
+
+
+# Anthropic's strict tool use example, as an OpenAI function tool.
+WEATHER = {
+    "name": "get_weather",
+    "description": "Get the current weather in a given location",
+    "parameters": {
+        "type": "object",
+        "properties": {
+            "location": {"type": "string", "description": "The city and state"},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        },
+        "required": ["location"],
+        "additionalProperties": False,
+    },
+}
+
+
+def test_function_strict_maps_to_tool_strict() -> None:
+    strict = params(tools=[{"type": "function", "function": WEATHER | {"strict": True}}])
+    assert strict["tools"][0] == {
+        "name": "get_weather",
+        "input_schema": WEATHER["parameters"],
+        "description": WEATHER["description"],
+        "strict": True,
+    }
+    for value in (False, None):
+        loose = params(tools=[{"type": "function", "function": WEATHER | {"strict": value}}])
+        assert "strict" not in loose["tools"][0]
+    with pytest.raises(TranslationError, match=r"tools\[0\]: function.strict"):
+        params(tools=[{"type": "function", "function": WEATHER | {"strict": "yes"}}])
+
+
+def test_unknown_parameters_set_to_null_count_as_unset() -> None:
+    assert params(reasoning_effort=None, prediction=None)["model"] == "claude-x"
+
+
 def test_custom_ids_pass_through_or_are_renamed_together() -> None:
     assert anthropic_custom_ids(["req-1", "a_B"]) is None
     assert anthropic_custom_ids(["ok", "has space", "x" * 65]) == ["line-0", "line-1", "line-2"]

@@ -167,7 +167,8 @@ def test_compose_mounts_exist_and_pass_provider_keys() -> None:
 
 
 def state_dirs(config: Config) -> list[Path]:
-    """Every path the gateway writes: the SQLite file, blobs, and providers' own folders."""
+    """Every path the gateway may write: the SQLite file, blobs, and providers' legacy folders
+    (earlier versions' state, imported once and renamed)."""
     dirs = [config.blobs.dir]
     db = sqlite_path(config)
     assert db is not None

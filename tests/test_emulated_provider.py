@@ -17,11 +17,10 @@ from openai.types import Batch
 
 from gateway.config import Config
 from providers.base import BatchRequest, InputFile
-from providers.emulated import EmulatedProvider, Limits
-from providers.transport import HTTPSettings
+from providers.emulated import EmulatedProvider
 from tests.conftest import Gateway, StartGateway
 from tests.fakes.sync_upstream import FAIL_MODEL, SYNC, FakeSyncState, make_sync_upstream
-from tests.support import chat_line, jsonl, make_config
+from tests.support import MemoryState, adapter_for, chat_line, jsonl, make_config
 from tests.test_flow_sdk import assert_complete, wait_terminal
 
 CHAT, EMBEDDINGS = "/v1/chat/completions", "/v1/embeddings"
@@ -149,6 +148,7 @@ async def test_restart_resumes_without_sending_a_line_twice(
     await first.server.close()  # cleanup_ctx: provider.close() lets in-flight lines finish
     sent_before_restart = len(state.served)
     assert sent_before_restart < 10
+    assert not (tmp_path / "emulated").exists()  # state and results live in store and blobs
 
     second = await start_gateway(config)
     done = await wait_terminal(second.client, batch.id)
@@ -158,6 +158,7 @@ async def test_restart_resumes_without_sending_a_line_twice(
     sent = Counter(state.served)
     assert set(sent) == {f"question {i}" for i in range(10)}
     assert max(sent.values()) == 1, f"sent twice: {[t for t, n in sent.items() if n > 1]}"
+    assert not (tmp_path / "emulated").exists()
 
 
 async def test_cancel_stops_dispatching_and_keeps_finished_results(
@@ -237,23 +238,13 @@ async def test_hard_stop_resends_only_unfinished_lines(
     make_upstream: MakeUpstream, tmp_path: Path
 ) -> None:
     upstream, state = await make_upstream(latency=0.05)
-    base_url = str(upstream.make_url("/v1"))
+    config = emulated_config(tmp_path, upstream, concurrency=2)
     source = tmp_path / "in.jsonl"
     source.write_bytes(jsonl([chat_line(i) for i in range(8)]))
     upload = InputFile(source, "in.jsonl", source.stat().st_size, 8, CHAT, ("gpt-4o-mini",))
+    store = MemoryState()  # the gateway's store and blobs outlive the adapter
 
-    def provider() -> EmulatedProvider:
-        limits = Limits(concurrency=2, retry_backoff_seconds=0.01)
-        return EmulatedProvider(
-            "local",
-            frozenset({CHAT}),
-            HTTPSettings(base_url, read_timeout=600.0),
-            api_key=None,
-            directory=tmp_path / "emu",
-            limits=limits,
-        )
-
-    first = provider()
+    first: EmulatedProvider = adapter_for("local", config, tmp_path / "blobs", store)
     created = await first.create_batch(
         BatchRequest(input_file_id=await first.upload_file(upload), endpoint=CHAT)
     )
@@ -261,16 +252,19 @@ async def test_hard_stop_resends_only_unfinished_lines(
         counts.completed < 3
     ):
         await asyncio.sleep(0.01)
-    first.shutdown_grace_seconds = 0  # like a crash: in-flight requests are abandoned
+    first.shutdown_grace_seconds = 0  # in-flight requests are abandoned
     await first.close()
+    assert not list((tmp_path / "emulated").parent.glob("emulated*"))  # nothing on disk
 
-    second = provider()  # resumes on its own, inside the running loop
-    while not (batch := await second.get_batch(created.id)).terminal:
+    second: EmulatedProvider = adapter_for("local", config, tmp_path / "blobs", store)
+    while not (batch := await second.get_batch(created.id)).terminal:  # resumed on its own
         await asyncio.sleep(0.02)
     assert batch.status == "completed" and batch.output_file_id is not None
     async with second.open_file_content(batch.output_file_id) as chunks:
         rows = [json.loads(x) for x in b"".join([c async for c in chunks]).splitlines()]
     assert sorted(r["custom_id"] for r in rows) == sorted(f"req-{i}" for i in range(8))
-    # Only the (at most two) abandoned in-flight requests could be sent again.
+    # What finished was flushed at close: only the (at most two) abandoned in-flight
+    # requests could be sent again.
     assert len(state.served) - 8 <= 2
+    assert store.states[created.id][1] is False  # no longer active
     await second.close()

@@ -89,3 +89,72 @@ async def test_registry_builds_the_new_types(tmp_path: Path) -> None:
     finally:
         await claude.close()
         await local.close()
+
+
+# One provider of every registered type, as a user would configure it.
+EVERY_TYPE: dict[str, dict[str, Any]] = {
+    "sandbox": {"type": "sandbox"},
+    "openai": {"type": "openai", "base_url": "https://api.example.invalid/v1", "api_key": "k1"},
+    "anthropic": {"type": "anthropic", "api_key": "k2", "default_max_tokens": 512},
+    "emulated": {"type": "emulated", "base_url": "http://127.0.0.1:9/v1"},
+    "azure": {
+        "type": "azure",
+        "base_url": "https://contoso.openai.azure.com",
+        "api_key": "k3",
+        "deployments": {"gpt-4o": "gpt4o-batch"},
+    },
+    "gemini": {"type": "gemini", "api_key": "k4"},
+    "mistral": {"type": "mistral", "api_key": "k5"},
+    "together": {"type": "together", "api_key": "k6"},
+}
+
+
+def test_every_registered_type_has_an_example_here() -> None:
+    """A new provider type shows up in check-config, routing and metrics like the rest:
+    adding it to the registry without an example here fails this test."""
+    from providers.registry import TYPES
+
+    assert set(EVERY_TYPE) == set(TYPES)
+
+
+async def test_every_type_is_listed_routed_and_measured_with_no_special_case(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    from gateway import metrics
+    from gateway.app import build_providers
+    from gateway.store import open_store
+
+    names = {f"my-{kind}": settings for kind, settings in EVERY_TYPE.items()}
+    routes = [{"match": {"model": f"{name}-*"}, "to": name} for name in names]
+    raw = {"providers": names, "routes": routes, "default": "my-sandbox"}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    for name, settings in names.items():
+        line = next(x for x in result.stdout.splitlines() if x.strip().startswith(name + " "))
+        assert settings["type"] in line and "[enabled]" in line
+        assert f"model={name}-*  ->  {name}" in result.stdout
+
+    config = parse_config(raw, tmp_path)
+    store = await open_store(f"sqlite:///{tmp_path / 'gw.db'}")
+    try:
+        built = build_providers(config, store, LocalBlobs(tmp_path / "blobs"), "me")
+        assert set(built) == set(names)
+        text = metrics.exposition().decode()
+        for name in names:
+            assert f'provider="{name}"' in text
+        for provider in built.values():
+            await provider.close()
+    finally:
+        await store.close()

@@ -13,13 +13,15 @@ import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 
+from gateway.blobs import LocalBlobs
 from gateway.config import Config
 from providers.base import ProviderError
+from providers.context import ProviderContext
 from providers.resilience import CircuitBreaker, Policy, ResilientProvider
 from providers.sandbox import SandboxProvider
 from tests.conftest import Gateway, StartGateway
 from tests.fakes.openai_upstream import UPSTREAM, FakeOpenAIState, make_openai_upstream
-from tests.support import chat_file, make_config
+from tests.support import MemoryState, chat_file, make_config
 from tests.test_flow_sdk import wait_terminal
 
 KEY = "sk-up-resilience-key"
@@ -190,7 +192,7 @@ async def test_retries_honour_retry_after_with_backoff(tmp_path: Path) -> None:
                 raise self.failures.pop(0)
             return "ok"
 
-    flaky = Flaky("s", directory=tmp_path, endpoints=frozenset())
+    flaky = Flaky(ProviderContext("s", frozenset(), MemoryState(), LocalBlobs(tmp_path)))
     policy = Policy(max_retries=2, backoff=0.4, max_backoff=8)
     provider = ResilientProvider(flaky, policy, sleep=sleep)
     assert await provider.get_batch("x") == "ok"

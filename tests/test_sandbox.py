@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import types
 from pathlib import Path
@@ -7,8 +8,10 @@ from typing import Any
 
 import pytest
 
+from gateway.blobs import LocalBlobs
 from providers import sandbox
 from providers.base import BatchRequest, InputFile, ProviderError
+from providers.context import ProviderContext
 from providers.sandbox import (
     SandboxProvider,
     embedding_vector,
@@ -16,6 +19,7 @@ from providers.sandbox import (
     result_body,
     result_line,
 )
+from tests.support import MemoryState
 
 CHAT = "/v1/chat/completions"
 ENDPOINTS = frozenset({CHAT, "/v1/embeddings", "/v1/completions", "/v1/responses"})
@@ -28,14 +32,18 @@ def chat_line(
     return {"custom_id": custom_id, "method": "POST", "url": CHAT, "body": body}
 
 
-def make_provider(directory: Path, **delays: float) -> SandboxProvider:
+def make_provider(
+    directory: Path, state: MemoryState | None = None, **delays: float
+) -> SandboxProvider:
+    """A sandbox keeping its bytes in a blob folder `directory` and its state in `state`."""
     timing = {
         "validate_seconds": 0.0,
         "line_seconds": 0.0,
         "finalize_seconds": 0.0,
         "cancel_seconds": 0.0,
     }
-    return SandboxProvider("sandbox", directory=directory, endpoints=ENDPOINTS, **(timing | delays))
+    context = ProviderContext("sandbox", ENDPOINTS, state or MemoryState(), LocalBlobs(directory))
+    return SandboxProvider(context, **(timing | delays))
 
 
 async def submit(provider: SandboxProvider, tmp_path: Path, lines: list[dict[str, Any]]) -> str:
@@ -212,12 +220,12 @@ async def test_phases_follow_the_clock(tmp_path: Path, clock: Clock) -> None:
 
 
 async def test_restart_sees_the_same_batch(tmp_path: Path) -> None:
-    directory = tmp_path / "state"
-    first = make_provider(directory)
+    directory, state = tmp_path / "blobs", MemoryState()
+    first = make_provider(directory, state)
     batch_id = await submit(first, tmp_path, [chat_line("a")])
     done = await first.get_batch(batch_id)
 
-    second = make_provider(directory, validate_seconds=100.0)  # timing is fixed per batch
+    second = make_provider(directory, state, validate_seconds=100.0)  # timing is fixed per batch
     again = await second.get_batch(batch_id)
     assert again.status == "completed"
     assert again.output_file_id == done.output_file_id
@@ -287,3 +295,35 @@ def test_line_error_required_params() -> None:
     assert line_error("/v1/completions", {"model": "m", "input": "x"}) is not None
     assert line_error("/v1/chat/completions", {"model": "m", "messages": []}) is not None
     assert line_error("/v1/moderations", {"input": "fine"}) is None
+
+
+async def test_two_replicas_finishing_one_batch_agree(tmp_path: Path) -> None:
+    directory, state = tmp_path / "blobs", MemoryState()
+    first, second = make_provider(directory, state), make_provider(directory, state)
+    batch_id = await submit(first, tmp_path, [chat_line("a"), chat_line("b", model="unknown-x")])
+    one, two = await asyncio.gather(first.get_batch(batch_id), second.get_batch(batch_id))
+    assert (one.output_file_id, one.error_file_id) == (two.output_file_id, two.error_file_id)
+    assert list(await read_lines(second, one.output_file_id)) == ["a"]
+    assert list(await read_lines(first, two.error_file_id)) == ["b"]
+    assert len(list(directory.glob("upstream-file-sbx*"))) == 3  # input, output, error
+
+
+async def test_concurrent_creates_are_all_found_by_tag(tmp_path: Path) -> None:
+    provider = make_provider(tmp_path / "blobs", line_seconds=1000.0)
+    src = tmp_path / "input.jsonl"
+    src.write_text(json.dumps(chat_line("a")) + "\n")
+    upload = InputFile(src, "input.jsonl", src.stat().st_size, 1, CHAT, ("gpt-4o-mini",))
+    file_id = await provider.upload_file(upload)
+    tags = [f"batch_{i}" for i in range(5)]
+    made = await asyncio.gather(
+        *(
+            provider.create_batch(
+                BatchRequest(input_file_id=file_id, endpoint=CHAT, gateway_batch_id=tag)
+            )
+            for tag in tags
+        )
+    )
+    found = dict(await provider.tagged_batches(0))
+    assert {tag: batch.id for tag, batch in found.items()} == {
+        tag: batch.id for tag, batch in zip(tags, made, strict=True)
+    }

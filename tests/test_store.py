@@ -635,3 +635,48 @@ async def test_sqlite_writes_wait_off_the_loop_when_another_writer_holds_the_loc
         assert await store.get_batch(batch_record(1).id) == batch_record(1)
     finally:
         await store.close()
+
+
+async def test_provider_state_round_trips_per_provider_and_key(store: Store) -> None:
+    assert await store.get_provider_state("sbx", "batch_1") is None
+    state = {"id": "batch_1", "counts": [1, 2], "nested": {"ok": True, "text": "é\n"}}
+    await store.put_provider_state("sbx", "batch_1", state, active=True, now=1.0)
+    await store.put_provider_state("other", "batch_1", {"id": "theirs"}, active=True, now=2.0)
+    assert await store.get_provider_state("sbx", "batch_1") == state
+    assert await store.get_provider_state("other", "batch_1") == {"id": "theirs"}
+    # A save replaces the whole object and its active flag, in one statement.
+    await store.put_provider_state(
+        "sbx", "batch_1", {"id": "batch_1", "done": 1}, active=False, now=3
+    )
+    assert await store.get_provider_state("sbx", "batch_1") == {"id": "batch_1", "done": 1}
+    await store.delete_provider_state("sbx", "batch_1")
+    assert await store.get_provider_state("sbx", "batch_1") is None
+    assert await store.get_provider_state("other", "batch_1") == {"id": "theirs"}
+
+
+async def test_active_provider_states_lists_running_work_oldest_first(store: Store) -> None:
+    await store.put_provider_state("emu", "b2", {"id": "b2"}, active=True, now=20.0)
+    await store.put_provider_state("emu", "b1", {"id": "b1"}, active=True, now=10.0)
+    await store.put_provider_state("emu", "b3", {"id": "b3"}, active=False, now=5.0)
+    await store.put_provider_state("else", "b4", {"id": "b4"}, active=True, now=1.0)
+    assert await store.active_provider_states("emu") == [{"id": "b1"}, {"id": "b2"}]
+    await store.put_provider_state("emu", "b1", {"id": "b1", "result": {}}, active=False, now=30)
+    assert await store.active_provider_states("emu") == [{"id": "b2"}]
+
+
+async def test_provider_state_claims_are_leases_freed_with_their_instance(
+    store: SQLStore,
+) -> None:
+    """`StoreState.claim`: one live process carries on each piece of work; a process that
+    is reaped (forget_instance) frees its claims at once."""
+    from gateway.provider_state import StoreState
+
+    one, two = StoreState(store, "emu", "one"), StoreState(store, "emu", "two")
+    assert await one.claim("b1", 60)
+    assert not await two.claim("b1", 60)
+    assert await one.claim("b1", 60)  # renewed by its holder
+    assert await two.claim("b2", 60)  # another key, another holder
+    await store.forget_instance("one")
+    assert await two.claim("b1", 60)
+    await two.release("b1")
+    assert await one.claim("b1", 60)

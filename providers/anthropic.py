@@ -389,7 +389,8 @@ class AnthropicProviderConfig(RemoteConfig):
     type: Literal["anthropic"]
     endpoints: tuple[Literal["/v1/chat/completions"], ...] | None = ("/v1/chat/completions",)
     base_url: HttpUrl = "https://api.anthropic.com"
-    anthropic_version: str = "2023-06-01"
+    # A dated API version; from 2026-10-21 sampling parameters are refused (anthropic_params).
+    anthropic_version: str = Field("2023-06-01", pattern=r"^\d{4}-\d{2}-\d{2}$")
     # Anthropic requires max_tokens; used for lines that set neither max_tokens nor
     # max_completion_tokens (without it such lines are rejected at create).
     default_max_tokens: int | None = Field(None, ge=1)

@@ -24,17 +24,13 @@ from typing import Any
 import orjson
 
 from providers.context import BlobStore
-from providers.results import UsageTally, dumps, is_output
+from providers.results import LineCounts, dumps
 from providers.stored_files import StoredFiles, write_blob
 
-__all__ = ["PartSpool", "import_legacy_spool", "progress"]
+__all__ = ["PartSpool", "import_legacy_spool"]
 
 Json = dict[str, Any]
 _KINDS = ("output", "error")
-
-
-def progress(completed: int, failed: int, tally: UsageTally) -> Json:
-    return {"completed": completed, "failed": failed, "usage": tally.usage()}
 
 
 def _part_key(batch_id: str, kind: str) -> str:
@@ -55,7 +51,7 @@ async def _joined(blobs: BlobStore, keys: list[str]) -> AsyncIterator[bytes]:
                 yield chunk
 
 
-class PartSpool:
+class PartSpool(LineCounts):
     """The results of one run: counts live in memory, lines durable part by part in
     `state["parts"]`; `save` persists the state (after the parts it names are committed)."""
 
@@ -67,9 +63,7 @@ class PartSpool:
         self.state = state
         self._save = save
         state.setdefault("parts", [])
-        self.completed = 0
-        self.failed = 0
-        self.tally = UsageTally()
+        super().__init__()
         self._pending: tuple[list[bytes], list[bytes]] = ([], [])
         self._lock = asyncio.Lock()
 
@@ -78,23 +72,14 @@ class PartSpool:
         """Lines finished but not yet in a committed part."""
         return len(self._pending[0]) + len(self._pending[1])
 
-    def _count(self, line: Json) -> bool:
-        ok = is_output(line)
-        if ok:
-            self.completed += 1
-            self.tally.add(line["response"].get("body"))
-        else:
-            self.failed += 1
-        return ok
-
     def add(self, line: Json) -> None:
-        ok = self._count(line)
+        ok = self.count(line)
         self._pending[0 if ok else 1].append(dumps(line))
 
     async def recover(self) -> set[str]:
         """Re-read the committed parts: restores counts and usage, returns the custom_ids
         finished already."""
-        self.completed, self.failed, self.tally = 0, 0, UsageTally()
+        LineCounts.__init__(self)
         done: set[str] = set()
         for part in self.state["parts"]:
             for key in part:
@@ -105,7 +90,7 @@ class PartSpool:
                 for raw in data.splitlines():
                     if raw.strip():
                         line = orjson.loads(raw)
-                        self._count(line)
+                        self.count(line)
                         done.add(line["custom_id"])
         return done
 
@@ -117,7 +102,7 @@ class PartSpool:
             if not (taken[0] or taken[1]):
                 return False
             # Taken with the lines, before any await: exactly what the committed parts hold.
-            snapshot = progress(self.completed, self.failed, self.tally)
+            snapshot = self.progress()
             try:
                 part: list[str | None] = []
                 for kind, lines in zip(_KINDS, taken, strict=True):
@@ -154,7 +139,7 @@ class PartSpool:
             await self.files.publish(file_id, f"{stem}_{kind}.jsonl", size)
             published.append(file_id)
         files = {"output_file_id": published[0], "error_file_id": published[1]}
-        return files | progress(self.completed, self.failed, self.tally)
+        return files | self.progress()
 
     async def delete_parts(self, parts: list[list[str | None]]) -> None:
         """Drop the parts once the final files are published and the state says so."""
@@ -185,8 +170,7 @@ async def import_legacy_spool(blobs: BlobStore, state: Json, directory: Path) ->
     """The append-only output/error files an earlier version wrote in `directory` for an
     unfinished batch become its first part, so none of those lines is sent again."""
     part: list[str | None] = []
-    completed = failed = 0
-    tally = UsageTally()
+    counts = LineCounts()
     for kind, file_id in zip(_KINDS, state["result_files"], strict=True):
         path = _legacy_spool(directory, state, kind, file_id)
         data = await asyncio.to_thread(_whole_lines, path)
@@ -195,14 +179,9 @@ async def import_legacy_spool(blobs: BlobStore, state: Json, directory: Path) ->
             continue
         for raw in data.splitlines():
             if raw.strip():
-                line = orjson.loads(raw)
-                if is_output(line):
-                    completed += 1
-                    tally.add(line["response"].get("body"))
-                else:
-                    failed += 1
+                counts.count(orjson.loads(raw))
         key = _part_key(state["id"], kind)
         await write_blob(blobs, key, _one(data))
         part.append(key)
     state["parts"] = [part] if any(part) else []
-    state["progress"] = progress(completed, failed, tally)
+    state["progress"] = counts.progress()

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
     "CANCELLED",
     "EXPIRED",
+    "LineCounts",
     "UsageTally",
     "batch_usage",
     "dumps",
@@ -118,3 +119,25 @@ class UsageTally:
 
     def usage(self) -> Json:
         return batch_usage(self.input_tokens, self.output_tokens, self.cached_tokens)
+
+
+@dataclass(slots=True)
+class LineCounts:
+    """Result lines written so far: output lines, error lines, and the output's usage."""
+
+    completed: int = 0
+    failed: int = 0
+    tally: UsageTally = field(default_factory=UsageTally)
+
+    def count(self, line: Json) -> bool:
+        """Count one result line; True when it belongs in the output file."""
+        ok = is_output(line)
+        if ok:
+            self.completed += 1
+            self.tally.add(line["response"].get("body"))
+        else:
+            self.failed += 1
+        return ok
+
+    def progress(self) -> Json:
+        return {"completed": self.completed, "failed": self.failed, "usage": self.tally.usage()}

@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from providers.base import ByteStream, InputFile, ProviderError, UpstreamFile, now
 from providers.context import BlobStore, BlobWriter, ProviderContext
-from providers.results import UsageTally, dumps, is_output
+from providers.results import LineCounts, dumps
 
 __all__ = [
     "Once",
@@ -200,7 +200,7 @@ class StoredFileMethods:
             yield chunks
 
 
-class ResultSpool:
+class ResultSpool(LineCounts):
     """A batch's output and error JSONL while they are being written to two blobs, then
     published as two files (an empty one becomes no file, as at OpenAI).
 
@@ -218,9 +218,7 @@ class ResultSpool:
         out_id, err_id = file_ids or (files.new_id(), files.new_id())
         self.file_ids = (out_id, err_id)
         self.keys = (files.blob_key(out_id), files.blob_key(err_id))
-        self.completed = 0
-        self.failed = 0
-        self.tally = UsageTally()
+        super().__init__()
         self._sizes = [0, 0]
         self._writers: tuple[BlobWriter, BlobWriter] | None = None
 
@@ -244,12 +242,7 @@ class ResultSpool:
 
     async def add(self, line: dict[str, Any]) -> None:
         assert self._writers is not None, "add() outside `async with`"
-        ok = is_output(line)
-        if ok:
-            self.completed += 1
-            self.tally.add(line["response"].get("body"))
-        else:
-            self.failed += 1
+        ok = self.count(line)
         data = dumps(line)
         self._sizes[0 if ok else 1] += len(data)
         await self._writers[0 if ok else 1].write(data)

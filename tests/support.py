@@ -109,3 +109,24 @@ def adapter_for(name: str, config: Config, folder: Path, state: MemoryState | No
 
     blobs = LocalBlobs(folder)
     return build_provider(name, config.providers[name], state=state or MemoryState(), blobs=blobs)
+
+
+async def submit(client: Any, lines: list[Any], endpoint: str = "/v1/chat/completions") -> Any:
+    """Upload `lines` and create a 24h batch of them through the openai SDK `client`."""
+    import io
+
+    uploaded = await client.files.create(
+        file=("in.jsonl", io.BytesIO(jsonl(lines))), purpose="batch"
+    )
+    return await client.batches.create(
+        input_file_id=uploaded.id, endpoint=endpoint, completion_window="24h"
+    )
+
+
+async def read_lines(client: Any, file_id: str | None) -> dict[str, dict[str, Any]]:
+    """A result file's lines by custom_id; each custom_id appears once."""
+    assert file_id is not None
+    rows = [json.loads(x) for x in (await client.files.content(file_id)).text.splitlines()]
+    by_id = {row["custom_id"]: row for row in rows}
+    assert len(by_id) == len(rows), "a custom_id appears twice"
+    return by_id

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ from tests.fakes.anthropic_upstream import (
     FakeAnthropicState,
     make_anthropic_upstream,
 )
-from tests.support import MemoryState, chat_line, jsonl, make_config
+from tests.support import MemoryState, chat_line, jsonl, make_config, read_lines, submit
 from tests.test_flow_sdk import assert_complete, wait_terminal
 
 KEY = "sk-ant-secret-123"
@@ -38,9 +37,11 @@ async def start_claude(
     aiohttp_server: Callable[..., Awaitable[TestServer]],
     tmp_path: Path,
 ) -> Callable[..., Awaitable[Started]]:
-    async def start(*, key: str = KEY, **upstream_options: Any) -> Started:
+    async def start(
+        *, key: str = KEY, settings: dict[str, Any] | None = None, **upstream_options: Any
+    ) -> Started:
         upstream = await aiohttp_server(make_anthropic_upstream(KEY, **upstream_options))
-        provider = {
+        provider = (settings or {}) | {
             "type": "anthropic",
             "base_url": str(upstream.make_url("")),
             "api_key": key,
@@ -54,21 +55,6 @@ async def start_claude(
     return start
 
 
-async def submit(gw: Gateway, lines: list[dict[str, Any]]) -> Any:
-    uploaded = await gw.client.files.create(
-        file=("in.jsonl", io.BytesIO(jsonl(lines))), purpose="batch"
-    )
-    return await gw.client.batches.create(
-        input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h"
-    )
-
-
-async def read(gw: Gateway, file_id: str | None) -> dict[str, dict[str, Any]]:
-    assert file_id is not None
-    text = (await gw.client.files.content(file_id)).text
-    return {row["custom_id"]: row for row in map(json.loads, text.splitlines())}
-
-
 async def test_chat_batch_comes_back_as_chat_completions(
     start_claude: Callable[..., Awaitable[Started]],
 ) -> None:
@@ -77,7 +63,7 @@ async def test_chat_batch_comes_back_as_chat_completions(
     lines[0]["body"]["messages"].insert(0, {"role": "system", "content": "Be brief."})
     lines[0]["body"] |= {"stop": "END", "max_tokens": 10}
     lines.append(chat_line(3, model=FAIL_MODEL))
-    batch = await submit(gw, lines)
+    batch = await submit(gw.client, lines)
     assert batch.status == "in_progress" and batch.model is None  # two models in the file
 
     done = await wait_terminal(gw.client, batch.id)
@@ -89,7 +75,7 @@ async def test_chat_batch_comes_back_as_chat_completions(
     assert done.usage is not None and done.usage.input_tokens == 36  # 3 x (10 + 2 cached)
     assert done.completed_at is not None and done.finalizing_at is not None
 
-    output = await read(gw, done.output_file_id)
+    output = await read_lines(gw.client, done.output_file_id)
     assert sorted(output) == ["req-0", "req-1", "req-2"]
     for custom_id, row in output.items():
         body = row["response"]["body"]
@@ -98,7 +84,7 @@ async def test_chat_batch_comes_back_as_chat_completions(
         assert body["choices"][0]["message"]["content"] == f"fake reply to {custom_id}"
         assert body["choices"][0]["finish_reason"] == "stop"
         assert body["usage"]["total_tokens"] == 17
-    errors = await read(gw, done.error_file_id)
+    errors = await read_lines(gw.client, done.error_file_id)
     assert errors["req-3"]["response"]["status_code"] == 400
     assert errors["req-3"]["response"]["body"]["error"]["type"] == "invalid_request_error"
 
@@ -117,9 +103,9 @@ async def test_custom_ids_anthropic_refuses_are_mapped_back(
 ) -> None:
     gw, upstream, _ = await start_claude()
     ids = ["item 1/a", "ok-2"]
-    batch = await submit(gw, [chat_line(i, custom_id=c) for i, c in enumerate(ids)])
+    batch = await submit(gw.client, [chat_line(i, custom_id=c) for i, c in enumerate(ids)])
     done = await wait_terminal(gw.client, batch.id)
-    output = await read(gw, done.output_file_id)
+    output = await read_lines(gw.client, done.output_file_id)
     assert sorted(output) == sorted(ids)
     sent = next(iter(upstream.batches.values()))["_requests"]
     assert [r["custom_id"] for r in sent] == ["line-0", "line-1"]
@@ -132,17 +118,46 @@ async def test_untranslatable_line_is_rejected_at_create_with_its_number(
     lines = [chat_line(0), chat_line(1)]
     lines[1]["body"]["n"] = 3
     with pytest.raises(openai.BadRequestError) as info:
-        await submit(gw, lines)
+        await submit(gw.client, lines)
     assert "Line 2:" in info.value.message and "n > 1" in info.value.message
     assert [b async for b in gw.client.batches.list()] == []
     assert upstream.batches == {}
+
+
+async def test_the_configured_api_version_decides_what_a_line_may_set(
+    start_claude: Callable[..., Awaitable[Started]],
+) -> None:
+    """From 2026-10-21 Anthropic refuses sampling parameters: such a line fails the create
+    with its number instead of failing at Anthropic after the batch ran; the version is
+    sent on every call."""
+    gw, upstream, _ = await start_claude(settings={"anthropic_version": "2026-10-21"})
+    lines = [chat_line(0), chat_line(1, body={"model": "claude-x", "messages": [], "top_p": 1})]
+    lines[1]["body"]["messages"] = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.BadRequestError) as info:
+        await submit(gw.client, lines)
+    assert "Line 2:" in info.value.message and "top_p" in info.value.message
+    assert upstream.batches == {}
+    lines[1]["body"]["top_p"] = None  # null means unset
+    lines[1]["body"]["response_format"] = {
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "schema": {"type": "object"}, "strict": True},
+    }
+    batch = await submit(gw.client, lines)
+    (sent,) = upstream.batches.values()
+    params = sent["_requests"][1]["params"]
+    assert "top_p" not in params
+    assert params["output_config"] == {
+        "format": {"type": "json_schema", "schema": {"type": "object"}}
+    }
+    assert batch.status in ("validating", "in_progress")
+    assert {call[3] for call in upstream.calls} == {"2026-10-21"}
 
 
 async def test_cancel_keeps_what_ran_and_reports_the_rest_cancelled(
     start_claude: Callable[..., Awaitable[Started]],
 ) -> None:
     gw, _, _ = await start_claude(polls_to_end=1000)
-    batch = await submit(gw, [chat_line(i) for i in range(3)])
+    batch = await submit(gw.client, [chat_line(i) for i in range(3)])
     cancelling = await gw.client.batches.cancel(batch.id)
     # The gateway re-reads after a cancel; the fake ends a canceling batch on that read.
     assert cancelling.status in ("cancelling", "cancelled")
@@ -152,8 +167,8 @@ async def test_cancel_keeps_what_ran_and_reports_the_rest_cancelled(
     assert done.status == "cancelled" and done.cancelled_at is not None
     assert done.request_counts is not None
     assert (done.request_counts.completed, done.request_counts.failed) == (1, 2)
-    assert list(await read(gw, done.output_file_id)) == ["req-0"]
-    errors = await read(gw, done.error_file_id)
+    assert list(await read_lines(gw.client, done.output_file_id)) == ["req-0"]
+    errors = await read_lines(gw.client, done.error_file_id)
     assert {row["error"]["code"] for row in errors.values()} == {"batch_cancelled"}
 
 
@@ -161,10 +176,12 @@ async def test_expired_batch_keeps_partial_results(
     start_claude: Callable[..., Awaitable[Started]],
 ) -> None:
     gw, _, _ = await start_claude(expire=True)
-    done = await wait_terminal(gw.client, (await submit(gw, [chat_line(i) for i in range(3)])).id)
+    done = await wait_terminal(
+        gw.client, (await submit(gw.client, [chat_line(i) for i in range(3)])).id
+    )
     assert done.status == "expired" and done.expired_at is not None
-    assert list(await read(gw, done.output_file_id)) == ["req-0"]
-    errors = await read(gw, done.error_file_id)
+    assert list(await read_lines(gw.client, done.output_file_id)) == ["req-0"]
+    errors = await read_lines(gw.client, done.error_file_id)
     assert {row["error"]["code"] for row in errors.values()} == {"batch_expired"}
 
 
@@ -173,14 +190,14 @@ async def test_upstream_errors_map_to_gateway_errors(
 ) -> None:
     gw, upstream, server = await start_claude(key="sk-ant-wrong-999")
     with pytest.raises(openai.APIStatusError) as info:
-        await submit(gw, [chat_line(0)])
+        await submit(gw.client, [chat_line(0)])
     assert info.value.status_code == 502
     assert "sk-ant-wrong-999" not in str(info.value.body)
 
     gw, upstream, server = await start_claude()
     upstream.fail_next = [429] * 3  # refused each time, more than the retries
     with pytest.raises(openai.InternalServerError) as err:
-        await submit(gw, [chat_line(0)])
+        await submit(gw.client, [chat_line(0)])
     assert err.value.status_code == 503 and "Injected failure" in err.value.message
     assert str(server.make_url("")) not in err.value.message
     assert upstream.batches == {}
@@ -188,7 +205,7 @@ async def test_upstream_errors_map_to_gateway_errors(
     # Overloaded (529) may come after the work was done: never an error the client would
     # retry into a second batch. It gets its batch, which the gateway makes exactly once.
     upstream.fail_on, upstream.fail_next = "POST /v1/messages/batches", [529] * 3
-    batch = await submit(gw, [chat_line(0)])
+    batch = await submit(gw.client, [chat_line(0)])
     assert batch.status == "validating" and upstream.batches == {}
     await gw.service.settle_pending()
     assert len(upstream.batches) == 1

@@ -4,7 +4,6 @@ OpenAI-compatible server (a fake on loopback), driven by the openai SDK."""
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -20,7 +19,15 @@ from providers.base import BatchRequest, InputFile
 from providers.emulated import EmulatedProvider
 from tests.conftest import Gateway, StartGateway
 from tests.fakes.sync_upstream import FAIL_MODEL, SYNC, FakeSyncState, make_sync_upstream
-from tests.support import MemoryState, adapter_for, chat_line, jsonl, make_config
+from tests.support import (
+    MemoryState,
+    adapter_for,
+    chat_line,
+    jsonl,
+    make_config,
+    read_lines,
+    submit,
+)
 from tests.test_flow_sdk import assert_complete, wait_terminal
 
 CHAT, EMBEDDINGS = "/v1/chat/completions", "/v1/embeddings"
@@ -52,25 +59,6 @@ def embedding_line(i: int) -> dict[str, Any]:
     return {"custom_id": f"emb-{i}", "method": "POST", "url": EMBEDDINGS, "body": body}
 
 
-async def submit(gw: Gateway, lines: list[dict[str, Any]], endpoint: str = CHAT) -> Batch:
-    uploaded = await gw.client.files.create(
-        file=("in.jsonl", io.BytesIO(jsonl(lines))), purpose="batch"
-    )
-    return await gw.client.batches.create(
-        input_file_id=uploaded.id,
-        endpoint=endpoint,  # type: ignore[arg-type]
-        completion_window="24h",
-    )
-
-
-async def read(gw: Gateway, file_id: str | None) -> dict[str, dict[str, Any]]:
-    assert file_id is not None
-    rows = [json.loads(x) for x in (await gw.client.files.content(file_id)).text.splitlines()]
-    by_id = {row["custom_id"]: row for row in rows}
-    assert len(by_id) == len(rows), "a custom_id appears twice"
-    return by_id
-
-
 async def wait_completed(gw: Gateway, batch_id: str, at_least: int) -> Batch:
     """Poll until `request_counts.completed` reaches `at_least` (counts advance live)."""
     for _ in range(200):
@@ -88,7 +76,7 @@ async def test_chat_batch_respects_concurrency_and_retries_failures(
     upstream, state = await make_upstream(latency=0.05, fail_next=[429, 500, 503])
     gw = await start_gateway(emulated_config(tmp_path, upstream))
     lines = [chat_line(i, model=FAIL_MODEL if i == 5 else "llama-3") for i in range(12)]
-    batch = await submit(gw, lines)
+    batch = await submit(gw.client, lines)
     assert batch.status == "validating" and batch.model is None  # two models in the file
 
     done = await wait_terminal(gw.client, batch.id)
@@ -99,7 +87,7 @@ async def test_chat_batch_respects_concurrency_and_retries_failures(
     assert done.request_counts.failed == 1
     assert done.usage is not None and done.usage.output_tokens == 11 * 5
 
-    output = await read(gw, done.output_file_id)
+    output = await read_lines(gw.client, done.output_file_id)
     assert sorted(output) == sorted(f"req-{i}" for i in range(12) if i != 5)
     row = output["req-3"]
     assert row["response"]["status_code"] == 200 and row["error"] is None
@@ -109,7 +97,7 @@ async def test_chat_batch_respects_concurrency_and_retries_failures(
         row["response"]["body"]["choices"][0]["message"]["content"]
         == "Sandbox reply to: question 3"
     )
-    error = (await read(gw, done.error_file_id))["req-5"]["response"]
+    error = (await read_lines(gw.client, done.error_file_id))["req-5"]["response"]
     assert (error["status_code"], error["body"]["error"]["code"]) == (400, "model_not_found")
 
     assert state.peak == 3  # the configured concurrency, reached and never exceeded
@@ -122,13 +110,13 @@ async def test_embeddings_batch_completes(
 ) -> None:
     upstream, state = await make_upstream(api_key="sk-local-1")
     gw = await start_gateway(emulated_config(tmp_path, upstream, api_key="sk-local-1"))
-    batch = await submit(gw, [embedding_line(i) for i in range(5)], EMBEDDINGS)
+    batch = await submit(gw.client, [embedding_line(i) for i in range(5)], EMBEDDINGS)
     done = await wait_terminal(gw.client, batch.id)
     assert done.status == "completed" and done.model == "embed-small"
     assert done.request_counts is not None
     assert (done.request_counts.completed, done.request_counts.failed) == (5, 0)
     assert done.error_file_id is None
-    output = await read(gw, done.output_file_id)
+    output = await read_lines(gw.client, done.output_file_id)
     assert sorted(output) == [f"emb-{i}" for i in range(5)]
     body = output["emb-2"]["response"]["body"]
     assert body["object"] == "list" and body["data"][0]["object"] == "embedding"
@@ -142,7 +130,7 @@ async def test_restart_resumes_without_sending_a_line_twice(
     upstream, state = await make_upstream(latency=0.08)
     config = emulated_config(tmp_path, upstream, concurrency=2)
     first = await start_gateway(config)
-    batch = await submit(first, [chat_line(i) for i in range(10)])
+    batch = await submit(first.client, [chat_line(i) for i in range(10)])
     running = await wait_completed(first, batch.id, at_least=3)
     assert running.status == "in_progress"
     await first.server.close()  # cleanup_ctx: provider.close() lets in-flight lines finish
@@ -154,7 +142,9 @@ async def test_restart_resumes_without_sending_a_line_twice(
     done = await wait_terminal(second.client, batch.id)
     assert done.status == "completed"
     assert done.request_counts is not None and done.request_counts.completed == 10
-    assert sorted(await read(second, done.output_file_id)) == sorted(f"req-{i}" for i in range(10))
+    assert sorted(await read_lines(second.client, done.output_file_id)) == sorted(
+        f"req-{i}" for i in range(10)
+    )
     sent = Counter(state.served)
     assert set(sent) == {f"question {i}" for i in range(10)}
     assert max(sent.values()) == 1, f"sent twice: {[t for t, n in sent.items() if n > 1]}"
@@ -166,15 +156,15 @@ async def test_cancel_stops_dispatching_and_keeps_finished_results(
 ) -> None:
     upstream, state = await make_upstream(latency=0.05)
     gw = await start_gateway(emulated_config(tmp_path, upstream, concurrency=1))
-    batch = await submit(gw, [chat_line(i) for i in range(8)])
+    batch = await submit(gw.client, [chat_line(i) for i in range(8)])
     await wait_completed(gw, batch.id, at_least=2)
     cancelling = await gw.client.batches.cancel(batch.id)
     assert cancelling.status == "cancelling" and cancelling.cancelling_at is not None
 
     done = await wait_terminal(gw.client, batch.id)
     assert done.status == "cancelled" and done.cancelled_at is not None
-    output = await read(gw, done.output_file_id)
-    errors = await read(gw, done.error_file_id)
+    output = await read_lines(gw.client, done.output_file_id)
+    errors = await read_lines(gw.client, done.error_file_id)
     assert 2 <= len(output) < 8 and len(output) + len(errors) == 8
     assert {row["error"]["code"] for row in errors.values()} == {"batch_cancelled"}
     assert all(row["response"] is None for row in errors.values())
@@ -190,12 +180,12 @@ async def test_completion_window_expires_with_partial_results(
     upstream, _ = await make_upstream(latency=0.1)
     config = emulated_config(tmp_path, upstream, concurrency=1, completion_window_seconds=0.35)
     gw = await start_gateway(config)
-    batch = await submit(gw, [chat_line(i) for i in range(10)])
+    batch = await submit(gw.client, [chat_line(i) for i in range(10)])
     done = await wait_terminal(gw.client, batch.id)
     assert done.status == "expired" and done.expired_at is not None
     assert done.expires_at is not None and done.expires_at <= done.created_at + 1
-    output = await read(gw, done.output_file_id)
-    errors = await read(gw, done.error_file_id)
+    output = await read_lines(gw.client, done.output_file_id)
+    errors = await read_lines(gw.client, done.error_file_id)
     assert 1 <= len(output) < 10 and len(output) + len(errors) == 10
     assert {row["error"]["code"] for row in errors.values()} == {"batch_expired"}
 
@@ -206,7 +196,9 @@ async def test_requests_per_minute_spreads_requests(
     upstream, state = await make_upstream()
     config = emulated_config(tmp_path, upstream, concurrency=30, requests_per_minute=1200)
     gw = await start_gateway(config)
-    done = await wait_terminal(gw.client, (await submit(gw, [chat_line(i) for i in range(30)])).id)
+    done = await wait_terminal(
+        gw.client, (await submit(gw.client, [chat_line(i) for i in range(30)])).id
+    )
     assert done.status == "completed"
     # 20 per second: one second's worth at once, then the other 10 at 20/s (0.5 s).
     assert state.times[-1] - state.times[0] >= 0.4
@@ -219,17 +211,19 @@ async def test_lines_that_keep_failing_land_in_the_error_file(
     upstream, state = await make_upstream(fail_next=[500, 502])
     config = emulated_config(tmp_path, upstream, concurrency=1, max_retries=1)
     gw = await start_gateway(config)
-    done = await wait_terminal(gw.client, (await submit(gw, [chat_line(0), chat_line(1)])).id)
+    done = await wait_terminal(
+        gw.client, (await submit(gw.client, [chat_line(0), chat_line(1)])).id
+    )
     assert done.request_counts is not None
     assert (done.request_counts.completed, done.request_counts.failed) == (1, 1)
-    failed = (await read(gw, done.error_file_id))["req-0"]["response"]
+    failed = (await read_lines(gw.client, done.error_file_id))["req-0"]["response"]
     assert failed["status_code"] == 502 and failed["body"]["error"]["type"] == "server_error"
     assert state.served == ["question 0", "question 0", "question 1"]
 
     address = str(upstream.make_url("/"))
     await upstream.close()  # nothing listens any more: no HTTP answer at all
-    done = await wait_terminal(gw.client, (await submit(gw, [chat_line(2)])).id)
-    line = (await read(gw, done.error_file_id))["req-2"]
+    done = await wait_terminal(gw.client, (await submit(gw.client, [chat_line(2)])).id)
+    line = (await read_lines(gw.client, done.error_file_id))["req-2"]
     assert line["response"] is None and line["error"]["code"] == "upstream_unavailable"
     assert address not in line["error"]["message"]
 

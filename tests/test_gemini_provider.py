@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +18,7 @@ from providers.gemini import GeminiProvider
 from providers.transport import HTTPSettings
 from tests.conftest import Gateway, StartGateway
 from tests.fakes.gemini_upstream import GEMINI, FakeGeminiState, make_gemini_upstream
-from tests.support import MemoryState, chat_line, jsonl, make_config
+from tests.support import MemoryState, chat_line, jsonl, make_config, read_lines, submit
 from tests.test_flow_sdk import assert_complete, wait_terminal
 
 KEY = "AIzaSyFakeGeminiKey0123456789abcdefghi"
@@ -48,23 +47,6 @@ async def start_gemini(
     return start
 
 
-async def submit(gw: Gateway, lines: list[dict[str, Any]], endpoint: str = CHAT) -> Any:
-    uploaded = await gw.client.files.create(
-        file=("in.jsonl", io.BytesIO(jsonl(lines))), purpose="batch"
-    )
-    return await gw.client.batches.create(
-        input_file_id=uploaded.id,
-        endpoint=endpoint,  # type: ignore[arg-type]
-        completion_window="24h",
-    )
-
-
-async def read(gw: Gateway, file_id: str | None) -> dict[str, dict[str, Any]]:
-    assert file_id is not None
-    text = (await gw.client.files.content(file_id)).text
-    return {row["custom_id"]: row for row in map(json.loads, text.splitlines())}
-
-
 def uploaded_lines(upstream: FakeGeminiState) -> list[dict[str, Any]]:
     (name,) = [n for n, f in upstream.files.items() if f["source"] == "UPLOADED"]
     return [orjson.loads(raw) for raw in upstream.contents[name].splitlines()]
@@ -85,7 +67,7 @@ async def test_chat_batch_comes_back_as_chat_completions(
     lines[0]["body"] |= {"stop": "END", "max_tokens": 10, "temperature": 0.2}
     lines.append(chat_line(3, model=MODEL))
     lines[3]["body"]["messages"][0]["content"] = "please FAIL"
-    batch = await submit(gw, lines)
+    batch = await submit(gw.client, lines)
     assert batch.status == "validating" and batch.model == MODEL
 
     sent = uploaded_lines(upstream)
@@ -106,7 +88,7 @@ async def test_chat_batch_comes_back_as_chat_completions(
     counts = done.request_counts
     assert (counts.total, counts.completed, counts.failed) == (4, 3, 1)
 
-    output = await read(gw, done.output_file_id)
+    output = await read_lines(gw.client, done.output_file_id)
     assert sorted(output) == ["req-0", "req-1", "req-2"]
     for custom_id, row in output.items():
         assert row["response"]["status_code"] == 200 and row["error"] is None
@@ -118,7 +100,7 @@ async def test_chat_batch_comes_back_as_chat_completions(
         assert body["usage"]["total_tokens"] == 17
         assert body["usage"]["prompt_tokens_details"]["cached_tokens"] == 4
         assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] == 2
-    errors = await read(gw, done.error_file_id)
+    errors = await read_lines(gw.client, done.error_file_id)
     assert list(errors) == ["req-3"]
     failed = errors["req-3"]["response"]
     assert failed["status_code"] == 400
@@ -154,7 +136,7 @@ async def test_tool_calls_and_json_mode_are_translated_both_ways(
         "type": "json_schema",
         "json_schema": {"name": "s", "schema": schema},
     }
-    done = await wait_terminal(gw.client, (await submit(gw, [line, second])).id)
+    done = await wait_terminal(gw.client, (await submit(gw.client, [line, second])).id)
 
     sent = uploaded_lines(upstream)
     declared = sent[0]["request"]["tools"][0]["functionDeclarations"][0]
@@ -164,7 +146,9 @@ async def test_tool_calls_and_json_mode_are_translated_both_ways(
         "responseMimeType": "application/json",
         "responseJsonSchema": schema,
     }
-    choice = (await read(gw, done.output_file_id))["req-0"]["response"]["body"]["choices"][0]
+    choice = (await read_lines(gw.client, done.output_file_id))["req-0"]["response"]["body"][
+        "choices"
+    ][0]
     assert choice["finish_reason"] == "tool_calls"
     (call,) = choice["message"]["tool_calls"]
     assert call["function"] == {"name": "weather", "arguments": '{"city": "Paris"}'}
@@ -178,12 +162,12 @@ async def test_untranslatable_line_is_rejected_at_create_with_its_number(
     lines = [chat_line(0, model=MODEL), chat_line(1, model=MODEL)]
     lines[1]["body"]["logit_bias"] = {"50256": -100}
     with pytest.raises(openai.BadRequestError) as info:
-        await submit(gw, lines)
+        await submit(gw.client, lines)
     assert "Line 2:" in info.value.message and "logit_bias" in info.value.message
     assert upstream.batches == {} and upstream.files == {}  # refused before any upload
 
     with pytest.raises(openai.BadRequestError) as several:
-        await submit(gw, [chat_line(0, model=MODEL), chat_line(1, model="gemini-2.5-pro")])
+        await submit(gw.client, [chat_line(0, model=MODEL), chat_line(1, model="gemini-2.5-pro")])
     assert "one model" in several.value.message
     assert "gemini-2.5-pro" in several.value.message and upstream.batches == {}
 
@@ -192,7 +176,7 @@ async def test_cancel_reports_cancelled_with_what_ran(
     start_gemini: Callable[..., Awaitable[Started]],
 ) -> None:
     gw, upstream, _ = await start_gemini(polls_to_end=1000)
-    batch = await submit(gw, [chat_line(i, model=MODEL) for i in range(3)])
+    batch = await submit(gw.client, [chat_line(i, model=MODEL) for i in range(3)])
     cancelling = await gw.client.batches.cancel(batch.id)
     assert cancelling.status in ("cancelling", "cancelled")
     assert any(path.endswith(":cancel") for method, path, _ in upstream.calls)
@@ -200,7 +184,7 @@ async def test_cancel_reports_cancelled_with_what_ran(
     done = await wait_terminal(gw.client, batch.id)
     assert done.status == "cancelled" and done.cancelled_at is not None
     assert done.request_counts is not None and done.request_counts.completed == 1
-    assert list(await read(gw, done.output_file_id)) == ["req-0"]
+    assert list(await read_lines(gw.client, done.output_file_id)) == ["req-0"]
     assert done.error_file_id is None  # nothing failed
 
 
@@ -217,14 +201,14 @@ async def test_embeddings_run_as_batch_embed_content(
         }
         for i in range(2)
     ]
-    done = await wait_terminal(gw.client, (await submit(gw, lines, "/v1/embeddings")).id)
+    done = await wait_terminal(gw.client, (await submit(gw.client, lines, "/v1/embeddings")).id)
     assert done.status == "completed"
     assert any(":asyncBatchEmbedContent" in path for _, path, _ in upstream.calls)
     assert uploaded_lines(upstream)[0] == {
         "key": "e-0",
         "request": {"content": {"parts": [{"text": "text 0"}]}, "outputDimensionality": 3},
     }
-    output = await read(gw, done.output_file_id)
+    output = await read_lines(gw.client, done.output_file_id)
     body = output["e-1"]["response"]["body"]
     assert body["object"] == "list" and body["model"] == "gemini-embedding-001"
     assert body["data"][0]["embedding"] == [0.5, -0.25, 0.125]
@@ -235,14 +219,14 @@ async def test_upstream_errors_map_to_gateway_errors(
 ) -> None:
     gw, upstream, server = await start_gemini(key="AIzaSyWrongKey999999999999999999999")
     with pytest.raises(openai.APIStatusError) as info:
-        await submit(gw, [chat_line(0, model=MODEL)])
+        await submit(gw.client, [chat_line(0, model=MODEL)])
     assert info.value.status_code == 502  # Google's 400 API_KEY_INVALID is our key's fault
     assert "WrongKey" not in str(info.value.body)
 
     gw, upstream, server = await start_gemini()
     upstream.fail_on, upstream.fail_next = "POST /v1beta/models", [429] * 3
     with pytest.raises(openai.InternalServerError) as err:
-        await submit(gw, [chat_line(0, model=MODEL)])
+        await submit(gw.client, [chat_line(0, model=MODEL)])
     assert err.value.status_code == 503 and "Injected failure" in err.value.message
     assert str(server.make_url("")) not in err.value.message
     assert upstream.batches == {}
@@ -251,7 +235,7 @@ async def test_upstream_errors_map_to_gateway_errors(
     # of making a second one.
     upstream.fail_next = ["deferred_error"] * 3
     upstream.defer_seconds = 0
-    batch = await submit(gw, [chat_line(0, model=MODEL)])
+    batch = await submit(gw.client, [chat_line(0, model=MODEL)])
     assert batch.status == "validating"
     await gw.service.settle_pending()
     assert len(upstream.batches) == 1
@@ -263,7 +247,7 @@ async def test_upload_url_on_another_host_gets_no_key(
     start_gemini: Callable[..., Awaitable[Started]],
 ) -> None:
     gw, upstream, _ = await start_gemini(foreign_upload_host="http://203.0.113.9:9")
-    batch = await submit(gw, [chat_line(0, model=MODEL)])
+    batch = await submit(gw.client, [chat_line(0, model=MODEL)])
     # The upload went to the configured host (the fake saw it), not to the foreign one.
     assert any("upload_id=" in path for _, path, _ in upstream.calls)
     assert (await wait_terminal(gw.client, batch.id)).status == "completed"
@@ -330,7 +314,7 @@ async def test_a_failed_batch_reports_its_error_scrubbed(
     start_gemini: Callable[..., Awaitable[Started]],
 ) -> None:
     gw, _, _ = await start_gemini(fail_batches=True)
-    done = await wait_terminal(gw.client, (await submit(gw, [chat_line(0, model=MODEL)])).id)
+    done = await wait_terminal(gw.client, (await submit(gw.client, [chat_line(0, model=MODEL)])).id)
     assert done.status == "failed" and done.failed_at is not None
     assert done.output_file_id is None and done.error_file_id is None
     assert done.errors is not None and done.errors.data is not None

@@ -10,12 +10,18 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestServer
 from openai.types import Batch
 
 from gateway.config import Config
 from tests.conftest import Gateway, StartGateway, s3_client
 from tests.fakes.anthropic_upstream import ANTHROPIC, make_anthropic_upstream
+from tests.fakes.azure_upstream import make_azure_upstream
+from tests.fakes.gemini_upstream import make_gemini_upstream
+from tests.fakes.mistral_upstream import make_mistral_upstream
+from tests.fakes.openai_upstream import make_openai_upstream
+from tests.fakes.together_upstream import make_together_upstream
 from tests.support import chat_file, make_config
 from tests.test_flow_sdk import wait_terminal
 
@@ -197,3 +203,62 @@ async def test_anthropic_state_files_of_earlier_versions_are_imported(
     assert done.status == "completed" and await outputs(second, done) == ["req-0", "req-1", "req-2"]
     assert len(upstream.app[ANTHROPIC].batches) == 1
     assert not (tmp_path / "anthropic").exists() and (tmp_path / "anthropic.imported").is_dir()
+
+
+def _remote(
+    kind: str, upstream: TestServer, key: str, prefix: str = "/v1", **extra: Any
+) -> dict[str, Any]:
+    base_url = str(upstream.make_url(prefix)).rstrip("/")
+    return {"type": kind, "base_url": base_url, "api_key": key, "retry_backoff_seconds": 0} | extra
+
+
+# Every remote type: (its fake upstream, its provider config on that fake).
+REMOTE_TYPES: dict[str, tuple[Callable[[], Any], Callable[[TestServer], dict[str, Any]]]] = {
+    "openai": (
+        lambda: make_openai_upstream("sk-up-123456"),
+        lambda up: _remote("openai", up, "sk-up-123456"),
+    ),
+    "azure": (
+        lambda: make_azure_upstream(api_key="az-key-123456", deployments=frozenset({"dep"})),
+        lambda up: _remote("azure", up, "az-key-123456", "", deployments={"gpt-4o-mini": "dep"}),
+    ),
+    "gemini": (
+        lambda: make_gemini_upstream("AIza-test-key-123456", polls_to_end=2),
+        lambda up: _remote("gemini", up, "AIza-test-key-123456", ""),
+    ),
+    "mistral": (
+        lambda: make_mistral_upstream("mistral-key-123456"),
+        lambda up: _remote("mistral", up, "mistral-key-123456"),
+    ),
+    "together": (
+        lambda: make_together_upstream("tg-key-123456"),
+        lambda up: _remote("together", up, "tg-key-123456"),
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(REMOTE_TYPES))
+async def test_every_remote_type_carries_on_after_a_restart(
+    start_gateway: StartGateway,
+    tmp_path: Path,
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    kind: str,
+) -> None:
+    """Whatever an adapter remembers about a batch (Gemini's file model, Mistral's job
+    group, Together's line count, ...) is in the store: a new process on the same store
+    and blobs finishes the batch, and nothing was written outside them."""
+    fake, settings = REMOTE_TYPES[kind]
+    upstream = await aiohttp_server(fake())
+    config = make_config(tmp_path, providers={kind: settings(upstream)}, default=kind)
+    first = await start_gateway(config)
+    batch = await submit(first, 3)
+    seen = await first.client.batches.retrieve(batch.id)
+    assert seen.status in ("validating", "in_progress")
+    await first.server.close()
+
+    second = await start_gateway(config)
+    done = await wait_terminal(second.client, batch.id)
+    assert done.status == "completed", done
+    assert done.request_counts is not None and done.request_counts.total == 3
+    assert await outputs(second, done) == [f"req-{i}" for i in range(3)]
+    assert local_files(tmp_path) == []

@@ -37,6 +37,8 @@ Json = dict[str, Any]
 
 FAIL_MODEL = "fail-model"
 VERSION = "2023-06-01"
+# The dated API versions this fake answers (2026-10-21: the default of the 2.x SDKs).
+VERSIONS = frozenset({VERSION, "2026-10-21"})
 _CUSTOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -82,7 +84,7 @@ async def _gate(request: web.Request, handler: Handler) -> web.StreamResponse:
         await asyncio.sleep(state.latency)
     if key != state.api_key:
         return error_response(401, "invalid x-api-key")
-    if version != VERSION:
+    if version not in VERSIONS:
         return error_response(400, "anthropic-version header is required")
     return await faults.serve(
         state,

@@ -72,6 +72,7 @@ from providers.context import ProviderContext, ProviderType
 from providers.http import UUID_ID, RawResponse, path_id
 from providers.lines import LineError, Transform, rewritten
 from providers.openai_compat import OpenAICompatProvider, parse_batch
+from providers.tokens import BearerToken, TokenSource
 from providers.transport import Body, HTTPSettings
 
 __all__ = [
@@ -86,8 +87,6 @@ __all__ = [
 ApiStyle = Literal["classic", "v1"]
 API_VERSION = "2024-10-21"
 ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
-# A token is fetched again this long before it expires.
-TOKEN_REFRESH_SECONDS = 300
 CHAT, RESPONSES = "/v1/chat/completions", "/v1/responses"
 # What each style's docs show Global Batch running, unless `endpoints:` says otherwise.
 DEFAULT_ENDPOINTS: dict[ApiStyle, frozenset[str]] = {
@@ -100,9 +99,6 @@ RETRYABLE_CODES = frozenset({"token_limit_exceeded"})
 FILE_FAILED = frozenset({"error", "deleting", "deleted"})
 FILE_POLL_FIRST, FILE_POLL_MOST = 0.2, 5.0
 # Azure's request and object ids are UUIDs; `file-…` and `batch_…` are scrubbed already.
-
-# Returns (bearer token, its expiry in Unix seconds).
-TokenSource = Callable[[], Awaitable[tuple[str, float]]]
 
 
 def azure_endpoint(endpoint: str) -> str:
@@ -206,9 +202,7 @@ class AzureProvider(OpenAICompatProvider):
         self._query = {"api-version": api_version} if api_version else {}
         self.deployments = dict(deployments or {})
         self.file_wait_seconds = file_wait_seconds
-        self._token_source = token_source
-        self._token: tuple[str, float] | None = None
-        self._token_lock = asyncio.Lock()
+        self._token = BearerToken(token_source, "an Entra ID token") if token_source else None
         self._on_close = on_close
         # Deployment names are the operator's, not the client's: kept out of messages
         # (those named like their model say nothing the client didn't).
@@ -224,18 +218,7 @@ class AzureProvider(OpenAICompatProvider):
     # -- the wire: every call gets the style's prefix, the api-version and the credential
 
     async def _auth(self) -> dict[str, str]:
-        if self._token_source is None:
-            return {}
-        async with self._token_lock:
-            if self._token is None or self._token[1] - time.time() < TOKEN_REFRESH_SECONDS:
-                try:
-                    self._token = await self._token_source()
-                except ProviderError:
-                    raise
-                except Exception as exc:  # azure-identity's errors name tenants and hosts
-                    message = f"could not get an Entra ID token ({type(exc).__name__})"
-                    raise ProviderError("auth", message) from None
-        return {"Authorization": f"Bearer {self._token[0]}"}
+        return await self._token.headers() if self._token is not None else {}
 
     async def request_raw(
         self,
@@ -269,7 +252,7 @@ class AzureProvider(OpenAICompatProvider):
 
     def scrub(self, text: str) -> str:
         if self._token is not None:
-            text = text.replace(self._token[0], "[redacted]")
+            text = self._token.scrub(text)
         if self._deployment_names is not None:
             text = self._deployment_names.sub("[deployment]", text)
         return super().scrub(text)
@@ -278,8 +261,8 @@ class AzureProvider(OpenAICompatProvider):
         error = super().http_error(status, body, headers)
         if error.code in RETRYABLE_CODES:
             error.kind = "retryable"
-        if status == 401 and self._token_source is not None:
-            self._token = None  # revoked or wrong audience: the next call gets a new one
+        if status == 401 and self._token is not None:
+            self._token.forget()
         return error
 
     def error_detail(self, body: bytes) -> tuple[str | None, str | None]:

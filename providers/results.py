@@ -12,10 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from providers.context import StateStore
 
 __all__ = [
     "CANCELLED",
+    "VIEWS",
     "EXPIRED",
     "LineCounts",
     "UsageTally",
@@ -26,6 +30,8 @@ __all__ = [
     "is_output",
     "response_line",
     "stable_hex",
+    "split_view",
+    "views_deleted",
 ]
 
 Json = dict[str, Any]
@@ -33,6 +39,31 @@ Json = dict[str, Any]
 # (code, message) for requests that never ran.
 CANCELLED = ("batch_cancelled", "The batch was cancelled before this request ran.")
 EXPIRED = ("batch_expired", "The batch's completion window ended before this request ran.")
+
+
+# A provider that writes one results file (or folder) per batch is shown to the gateway as
+# two files, `<name>#output` and `<name>#errors`, each streaming only its own lines.
+VIEWS = ("output", "errors")
+
+
+def split_view(upstream_file_id: str) -> tuple[str, str | None]:
+    """`x` -> (x, None); `x#output` -> (x, "output"); an unknown view is not a file."""
+    name, _, part = upstream_file_id.partition("#")
+    if part and part not in VIEWS:
+        raise ValueError(upstream_file_id)
+    return name, part or None
+
+
+async def views_deleted(state: StateStore, name: str, part: str) -> bool:
+    """Note that the gateway deleted this view; True once both are (then the provider's
+    file goes)."""
+    key = f"deleted:{name}"
+    done = set((await state.load(key) or {}).get("parts", [])) | {part}
+    if done != set(VIEWS):
+        await state.save(key, {"parts": sorted(done)})
+        return False
+    await state.delete(key)
+    return True
 
 
 def stable_hex(*parts: object) -> str:

@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.blobs import LocalBlobs
 from gateway.config import ConfigError, parse_config
-from providers import azure
+from providers import azure, tokens
 from providers.azure import (
     AzureProvider,
     AzureProviderConfig,
@@ -465,7 +465,7 @@ async def test_entra_bearer_token_on_every_call_renewed_when_refused_or_expiring
     state = server.app[AZURE]
     issued: list[str] = []
     # token-1 is refused; token-2 enters the refresh margin 1.5 s after it is issued.
-    lifetimes = [3600.0, azure.TOKEN_REFRESH_SECONDS + 1.5, 3600.0]
+    lifetimes = [3600.0, tokens.REFRESH_SECONDS + 1.5, 3600.0]
 
     async def token_source() -> tuple[str, float]:
         issued.append(f"entra-token-{len(issued) + 1}")

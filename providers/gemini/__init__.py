@@ -60,6 +60,7 @@ from providers.gemini.operations import (
 )
 from providers.http import HTTPProvider, iter_lines
 from providers.lines import rewritten, rewritten_size
+from providers.results import split_view, views_deleted
 from providers.transport import UNSAFE_TARGET, HTTPSettings
 
 __all__ = ["GeminiProvider", "GeminiProviderConfig", "parse_batch", "rfc3339"]
@@ -68,7 +69,6 @@ CHAT = "/v1/chat/completions"
 EMBEDDINGS = "/v1/embeddings"
 _METHODS = {CHAT: "batchGenerateContent", EMBEDDINGS: "asyncBatchEmbedContent"}
 _MODEL = re.compile(r"(?:models/)?([A-Za-z0-9][A-Za-z0-9._-]{0,127})")
-_PARTS = ("output", "errors")
 # The docs' "Batch expiration": jobs pending or running for 48 hours expire.
 EXPIRY_SECONDS = 48 * 3600
 # Gemini's resource names and API keys, kept out of anything a client sees.
@@ -205,13 +205,8 @@ class GeminiProvider(HTTPProvider):
     async def delete_file(self, upstream_file_id: str) -> None:
         """An input file is deleted at once; the results file once both its views are."""
         name, part = _split(upstream_file_id)
-        if part is not None:
-            key = f"deleted:{name}"
-            done = set((await self.state.load(key) or {}).get("parts", [])) | {part}
-            if done != set(_PARTS):
-                await self.state.save(key, {"parts": sorted(done)})
-                return
-            await self.state.delete(key)
+        if part is not None and not await views_deleted(self.state, name, part):
+            return
         await self.request_json("DELETE", f"/{self.version}/{name}")
         await self.state.delete(name)
 
@@ -375,10 +370,13 @@ class GeminiProvider(HTTPProvider):
 
 def _split(upstream_file_id: str) -> tuple[str, str | None]:
     """`files/x` -> (files/x, None); `files/x#output` -> (files/x, "output")."""
-    name, _, part = upstream_file_id.partition("#")
-    if not FILE_NAME.fullmatch(name) or (part and part not in _PARTS):
+    try:
+        name, part = split_view(upstream_file_id)
+    except ValueError:
+        name, part = "", None
+    if not FILE_NAME.fullmatch(name):
         raise ProviderError("not_found", "No such file at the provider.")
-    return name, part or None
+    return name, part
 
 
 class GeminiProviderConfig(RemoteConfig):

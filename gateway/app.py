@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import __version__, instance, metrics, openapi
+from gateway.accounting import Accountant
 from gateway.api import SERVICE, json_response
 from gateway.api.routes import add_routes
 from gateway.auth import Authenticator
@@ -196,7 +197,7 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
         providers=providers,
         router=Router(config, providers),
         config=config,
-        events=metrics.BatchMetrics(),
+        events=metrics.BatchMetrics(tenant_labels=config.usage.tenant_labels),
         instance_id=me.id,
     )
     webhooks = WebhookSender(store, config.webhooks)
@@ -215,6 +216,9 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
     if config.blobs.keep_provider_outputs and app[PRIMARY]:
         keeper = OutputKeeper(service, poller.owner, config.poller.lease_seconds)
         background.add(asyncio.create_task(keeper.run()))
+    if app[PRIMARY] and config.usage.enabled:
+        accountant = Accountant(service, sweep_seconds=config.usage.sweep_seconds)
+        background.add(asyncio.create_task(accountant.run()))
     if CONFIG_PATH in app:
         with suppress(NotImplementedError, RuntimeError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_config, app)

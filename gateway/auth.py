@@ -35,8 +35,13 @@ ADMIN_ROUTES = frozenset(
         ("GET", "/v1/files/{file_id}"),
         ("GET", "/v1/batches"),
         ("GET", "/v1/batches/{batch_id}"),
+        ("GET", "/v1/gateway/usage"),
     }
 )
+# Admin routes that answer for every tenant when no tenant is named.
+ACROSS_TENANTS = frozenset({("GET", "/v1/gateway/usage")})
+# The "tenant" of an admin request across tenants (never a key name: those are [A-Za-z0-9._-]).
+ALL_TENANTS = "\x00all"
 _ADMIN = "\x00admin"  # never a key name (names are [A-Za-z0-9._-])
 
 
@@ -90,12 +95,15 @@ class Authenticator:
 
     def _as_admin(self, request: web.Request) -> str:
         """The tenant an admin request acts on; only the read routes are allowed."""
-        if (request.method, route_of(request)) not in ADMIN_ROUTES:
+        route = (request.method, route_of(request))
+        if route not in ADMIN_ROUTES:
             raise PermissionDenied(
-                "The admin key may only list and retrieve files and batches.",
+                "The admin key may only list and retrieve files and batches, and read usage.",
                 code="admin_read_only",
             )
         name = request.headers.get(TENANT_HEADER, "")
+        if not name and route in ACROSS_TENANTS:
+            return ALL_TENANTS
         known = set(self._by_name) | ({OPEN_TENANT} if self._open else set())
         if name not in known:
             raise InvalidRequest(

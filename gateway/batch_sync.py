@@ -67,6 +67,7 @@ class BatchSync:
     # provider first and reads the row while that call is in flight.
     _locations: dict[str, Location]
     batch_ended: asyncio.Event
+    usage_due: asyncio.Event
 
     # Both refreshes are written out rather than sharing a wrapper coroutine: one more
     # frame on every retrieve measured ~5% of c=64 throughput and doubled its p99.
@@ -198,6 +199,7 @@ class BatchSync:
         if ends:
             self.events.terminal(record)
             self.batch_ended.set()
+            self.usage_due.set()
 
     async def _expire(self, record: BatchRecord, upstream: UpstreamBatch) -> UpstreamBatch:
         """A batch its provider never ended, well past `expires_at`: stop it there (it may

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -75,7 +76,10 @@ class LocalBlobs:
         return self.path(key)
 
     def writer(self, key: str) -> LocalBlobWriter:
-        return LocalBlobWriter(self.path(key), self._tmp / f"{key}.part")
+        # A part of its own: two writers of one key (replicas finishing the same sandbox
+        # batch) each commit whole bytes, the last rename wins.
+        part = self._tmp / f"{key}.{secrets.token_hex(6)}.part"
+        return LocalBlobWriter(self.path(key), part)
 
     def open(self, key: str) -> ByteStream:
         return self._open(key)

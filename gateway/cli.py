@@ -119,6 +119,24 @@ def leftovers(args: argparse.Namespace) -> int:
     return 0
 
 
+def usage(args: argparse.Namespace) -> int:
+    """Recorded usage and cost, as /v1/gateway/usage reports it."""
+    import asyncio
+    import time
+
+    from gateway import usage_report
+
+    start = usage_report.since(args.since, time.time())
+    rows = asyncio.run(
+        usage_report.read(_load(args.config).store.url, args.group_by, start, args.tenant)
+    )
+    if args.csv:
+        print(usage_report.as_csv(args.group_by, rows), end="")
+    else:
+        print(usage_report.as_table(args.group_by, rows))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="batch-gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -150,6 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("leftovers", help="list copies still to be deleted at providers")
     p.add_argument("--config", default=DEFAULT_CONFIG)
     p.set_defaults(func=leftovers)
+
+    p = sub.add_parser("usage", help="print recorded usage and cost")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--group-by", choices=("tenant", "provider", "model", "day"), default="provider")
+    p.add_argument("--since", help="YYYY-MM-DD or a number of days (7d); default: this month")
+    p.add_argument("--tenant", help="only this tenant's usage")
+    p.add_argument("--csv", action="store_true", help="CSV with every column")
+    p.set_defaults(func=usage)
 
     args = parser.parse_args(argv)
     return int(args.func(args))

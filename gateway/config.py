@@ -129,6 +129,9 @@ class KeyLimits(_Model):
     requests_per_minute: int | None = Field(None, ge=1)
     max_active_batches: int | None = Field(None, ge=1)
     max_bytes_stored: int | None = Field(None, ge=1)
+    # Spend per calendar month (UTC) in USD: recorded usage plus the estimated cost of
+    # batches still running; a create past it gets 429 insufficient_quota.
+    max_spend_usd: float | None = Field(None, gt=0)
 
 
 class KeyConfig(_Model):
@@ -247,6 +250,27 @@ class Route(_Model):
         return [{"provider": value}] if isinstance(value, str) else value
 
 
+class PriceConfig(_Model):
+    """A model's price at one provider, in USD per million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(0.0, ge=0)
+    # Cached prompt tokens; unset, they cost `input`.
+    cached_input: float | None = Field(None, ge=0)
+    # What a batch pays of those prices (0.5: half); unset, the provider type's discount.
+    batch_discount: float | None = Field(None, gt=0, le=1)
+
+
+class UsageConfig(_Model):
+    # Account ended batches (with `blobs.keep_provider_outputs: false`, that reads each
+    # remote output once more from its provider).
+    enabled: bool = True
+    # Per-tenant labels on the usage metrics (tenants may be many: off by default).
+    tenant_labels: bool = False
+    # How often the accountant looks for ended batches it has not counted yet.
+    sweep_seconds: float = Field(10.0, gt=0)
+
+
 class RoutingConfig(_Model):
     # Seed for weighted choice; set it to make routing reproducible (tests).
     seed: int | None = None
@@ -268,6 +292,9 @@ class Config(_Model):
     poller: PollerConfig = PollerConfig()
     logging: LoggingConfig = LoggingConfig()
     webhooks: dict[str, WebhookConfig] = {}
+    # Price overrides: provider name -> model -> price (`gateway.pricing` has the defaults).
+    pricing: dict[str, dict[str, PriceConfig]] = {}
+    usage: UsageConfig = UsageConfig()
     # Serve an active batch's last state for this long before asking the provider again
     # (0: every retrieve of an active batch reaches the provider; concurrent ones share one call).
     retrieve_cache_seconds: float = Field(0.0, ge=0)
@@ -359,6 +386,8 @@ def parse_config(raw: Any, base_dir: Path) -> Config:
         updates: dict[str, Any] = {"disabled_reason": reason}
         if "dir" in type(provider).model_fields:
             updates["dir"] = _resolve(base_dir, provider.dir)  # type: ignore[attr-defined]
+        if getattr(provider, "credentials_file", None) is not None:  # a service-account key
+            updates["credentials_file"] = _resolve(base_dir, Path(provider.credentials_file))  # type: ignore[attr-defined]
         if provider.ca_file is not None:
             updates["ca_file"] = _ca_file(name, _resolve(base_dir, provider.ca_file))
         providers[name] = provider.model_copy(update=updates)
@@ -398,6 +427,9 @@ def _check_references(config: Config, providers: dict[str, Any]) -> None:
         for j, name in enumerate(key.providers or ()):
             if name not in providers:
                 problems.append(f"auth.keys.{i}.providers.{j}: unknown provider {name!r}")
+    for name in config.pricing:
+        if name not in providers:
+            problems.append(f"pricing.{name}: unknown provider {name!r}")
     if problems:
         raise ConfigError("config is invalid:\n" + "\n".join(f"  {p}" for p in problems))
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from gateway.store.base import BatchRecord
+from collections.abc import Sequence
+
+from gateway.store.base import BatchRecord, UsageRow
 
 
 class ServiceEvents:
@@ -27,4 +29,12 @@ class ServiceEvents:
         return None
 
     def provider_deletion(self, provider: str, outcome: str) -> None:
+        return None
+
+    def usage_recorded(self, rows: Sequence[UsageRow]) -> None:
+        """A batch's usage rows were written (once per batch, by whichever process)."""
+        return None
+
+    def budget(self, key: str, used_usd: float, limit_usd: float) -> None:
+        """A key's monthly spend (recorded plus committed) as last checked."""
         return None

@@ -123,6 +123,7 @@ class OutputKeeper:
             await svc.blobs.delete(key)  # expired, deleted, or copied elsewhere meanwhile
             return False
         svc.events.file_bytes("kept", size)
+        svc.usage_due.set()
         return True
 
     async def _copy(self, provider: Provider, record: FileRecord, key: str) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
 
 from aiohttp import web
@@ -31,7 +31,7 @@ from prometheus_client import (
 
 from gateway import __version__
 from gateway.events import ServiceEvents
-from gateway.store.base import BatchRecord
+from gateway.store.base import BatchRecord, UsageRow
 from providers.base import ALL_ENDPOINTS, BATCH_STATUSES, TERMINAL_STATUSES
 
 # No `*_created` series per counter and histogram child: in the text format each is one more
@@ -54,6 +54,34 @@ REPAIRS_DONE = (
 )
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 ACTIVE_STATUSES = tuple(s for s in BATCH_STATUSES if s not in TERMINAL_STATUSES)
+
+# Usage, written once per batch and model (gateway.accounting). `tenant` is empty unless
+# config `usage.tenant_labels`; models are those batches ran.
+USAGE_TOKENS = Counter(
+    "gateway_usage_tokens_total",
+    "Tokens used by ended batches",
+    ["provider", "model", "tenant", "kind"],
+)
+USAGE_COST = Counter(
+    "gateway_usage_cost_usd_total",
+    "Cost of ended batches in USD, at the price recorded with each usage row",
+    ["provider", "model", "tenant"],
+)
+UNPRICED = Counter(
+    "gateway_usage_unpriced_total",
+    "Usage rows recorded with a null cost: the model's price is not known",
+    ["provider", "model"],
+)
+USAGE_ROWS = Counter("gateway_usage_rows_total", "Usage rows written", ["provider"])
+BUDGET_USED = Gauge(
+    "gateway_budget_used_usd",
+    "A key's spend this month (recorded plus committed by running batches), as last checked",
+    ["key"],
+    multiprocess_mode="max",
+)
+BUDGET_LIMIT = Gauge(
+    "gateway_budget_limit_usd", "A key's monthly budget", ["key"], multiprocess_mode="max"
+)
 
 HTTP_REQUESTS = Counter(
     "gateway_http_requests_total", "HTTP requests answered", ["route", "method", "status"]
@@ -198,7 +226,11 @@ class UpstreamMetrics:
 
 
 class BatchMetrics(ServiceEvents):
-    """The service's events: creates, routing, fallbacks, terminal transitions."""
+    """The service's events: creates, routing, fallbacks, terminal transitions, usage."""
+
+    def __init__(self, *, tenant_labels: bool = False) -> None:
+        # Tenants may be many: their label is empty unless config `usage.tenant_labels`.
+        self.tenant_labels = tenant_labels
 
     def routed(self, rule: str, provider: str) -> None:
         ROUTING.labels(rule, provider).inc()
@@ -228,6 +260,24 @@ class BatchMetrics(ServiceEvents):
 
     def file_bytes(self, direction: str, size: int) -> None:
         FILE_BYTES.labels(direction).inc(size)
+
+    def usage_recorded(self, rows: Sequence[UsageRow]) -> None:
+        for row in rows:
+            tenant = row.tenant if self.tenant_labels else ""
+            labels = (row.provider, row.model, tenant)
+            USAGE_TOKENS.labels(*labels, "prompt").inc(row.prompt_tokens)
+            USAGE_TOKENS.labels(*labels, "completion").inc(row.completion_tokens)
+            USAGE_TOKENS.labels(*labels, "cached").inc(row.cached_tokens)
+            USAGE_TOKENS.labels(*labels, "reasoning").inc(row.reasoning_tokens)
+            USAGE_ROWS.labels(row.provider).inc()
+            if row.cost_usd is None:
+                UNPRICED.labels(row.provider, row.model).inc()
+            else:
+                USAGE_COST.labels(*labels).inc(row.cost_usd)
+
+    def budget(self, key: str, used_usd: float, limit_usd: float) -> None:
+        BUDGET_USED.labels(key).set(used_usd)
+        BUDGET_LIMIT.labels(key).set(limit_usd)
 
 
 _seen_batch_labels: set[tuple[str, str]] = set()

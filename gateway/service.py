@@ -32,8 +32,9 @@ from gateway.creates import CreateUseCases, KeyedLocks, Unsettled
 from gateway.errors import InvalidRequest, QuotaExceeded
 from gateway.events import ServiceEvents
 from gateway.file_service import FileUseCases, no_such
+from gateway.pricing import Pricing, estimated_cost, month_start
 from gateway.routing import Router, RouteRequest
-from gateway.store import BatchRecord, Page, Store
+from gateway.store import BatchRecord, FileRecord, Page, Store
 from gateway.store.base import UnknownCursor
 from gateway.wire import CreateBatchBody, new_batch_object
 from providers.base import (
@@ -79,6 +80,8 @@ class GatewayService(CreateUseCases, FileUseCases, BatchSync):
         self._admission: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # Set when a batch ends here: wakes the keeper of output files.
         self.batch_ended = asyncio.Event()
+        # Set when a batch ends here or its output is kept: wakes the accountant.
+        self.usage_due = asyncio.Event()
         self.reconfigure(config, providers, router)
 
     def reconfigure(
@@ -89,6 +92,7 @@ class GatewayService(CreateUseCases, FileUseCases, BatchSync):
         self.limits = config.limits
         self.providers = providers
         self.router = router
+        self.pricing = Pricing(config)
         self._keys = {key.name: key for key in config.auth.keys}
 
     # batches
@@ -144,7 +148,10 @@ class GatewayService(CreateUseCases, FileUseCases, BatchSync):
         # Written before the upstream call, so a crash in between leaves a visible pending row.
         async with self._admission[tenant]:
             await self._check_active_quota(key)
+            estimate = await self._check_budget(key, decision.providers[0], file)
             await self.store.insert_batch(record)
+            if estimate:
+                await self.store.put_estimate(batch_id, tenant, estimate, now)
         try:
             upstream = await self._create_upstream(record, file, request, decision.providers)
         except Unsettled:
@@ -185,13 +192,14 @@ class GatewayService(CreateUseCases, FileUseCases, BatchSync):
                 batch_id, where, partial(self._batch, tenant, batch_id)
             )
         record = await self._batch(tenant, batch_id)
-        if record.status in TERMINAL_STATUSES:
+        # Cached once final: ended and accounted (accounting adds `usage`).
+        if record.status in TERMINAL_STATUSES and record.object.get("usage") is not None:
             body = orjson.dumps(record.object)
             self._terminal[batch_id] = (tenant, record.object, body)
             if len(self._terminal) > TERMINAL_CACHE_SIZE:
                 self._terminal.popitem(last=False)
             return BatchView(record.object, body=body)
-        if record.pending or fresh:
+        if record.pending or fresh or record.status in TERMINAL_STATUSES:
             return BatchView(record.object)
         return await self.refresh(record)
 
@@ -239,6 +247,26 @@ class GatewayService(CreateUseCases, FileUseCases, BatchSync):
                     "to end or cancel one.",
                     code="active_batch_limit_exceeded",
                 )
+
+    async def _check_budget(
+        self, key: KeyConfig | None, provider: str, file: FileRecord
+    ) -> float | None:
+        """Refuse a create that would take the key past its monthly budget; returns the
+        batch's estimated cost, counted as committed until its usage is recorded."""
+        limit = key.limits.max_spend_usd if key else None
+        if key is None or limit is None:
+            return None
+        spent, committed = await self.store.spend(key.name, month_start(time.time()))
+        estimate = estimated_cost(self.pricing, provider, file)
+        self.events.budget(key.name, spent + committed, limit)
+        if spent + committed + estimate > limit:
+            raise QuotaExceeded(
+                f"This key's monthly budget is ${limit:,.2f}: ${spent:,.2f} is spent this month"
+                f" and ${committed:,.2f} committed by running batches, so this batch (about"
+                f" ${estimate:,.2f}) would go past it. The budget resets on the 1st (UTC).",
+                code="insufficient_quota",
+            )
+        return estimate
 
     async def _batch(self, tenant: str, batch_id: str) -> BatchRecord:
         record = await self.store.get_batch(batch_id, tenant) if ids.looks_valid(batch_id) else None

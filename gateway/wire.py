@@ -219,6 +219,34 @@ class ListBatchesResponse(_List):
     data: list[Batch]
 
 
+class UsageTotals(_Answer):
+    batches: int
+    lines_succeeded: int
+    lines_failed: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    # Null when no row in the group had a known price.
+    cost_usd: float | None
+    # Tokens of rows recorded without a price (their cost is not in cost_usd).
+    unpriced_tokens: int
+
+
+class UsageGroup(UsageTotals):
+    model_config = ConfigDict(extra="allow")
+
+
+class UsageReport(_Answer):
+    object: Literal["gateway.usage"]
+    group_by: Literal["tenant", "provider", "model", "day"]
+    start: int
+    end: int
+    data: list[UsageGroup]
+    total: UsageTotals
+
+
 class Liveness(_Answer):
     status: Literal["ok"]
     version: str

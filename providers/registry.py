@@ -7,7 +7,18 @@ the function that builds its adapter. Adding a protocol is adding its module her
 
 from __future__ import annotations
 
-from providers import anthropic, azure, emulated, gemini, mistral, openai_compat, sandbox, together
+from providers import (
+    anthropic,
+    azure,
+    bedrock,
+    emulated,
+    gemini,
+    mistral,
+    openai_compat,
+    sandbox,
+    together,
+    vertex,
+)
 from providers.base import ALL_ENDPOINTS, Provider
 from providers.config import ProviderConfig, RemoteConfig
 from providers.context import BlobStore, ProviderContext, ProviderType, StateStore
@@ -18,7 +29,18 @@ __all__ = ["TYPES", "build_provider"]
 
 TYPES: dict[str, ProviderType] = {
     module.TYPE.name: module.TYPE
-    for module in (sandbox, openai_compat, anthropic, emulated, azure, gemini, mistral, together)
+    for module in (
+        sandbox,
+        openai_compat,
+        anthropic,
+        emulated,
+        azure,
+        gemini,
+        mistral,
+        together,
+        bedrock,
+        vertex,
+    )
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "is_output",
     "response_line",
     "stable_hex",
+    "shown_views",
     "split_view",
     "views_deleted",
 ]
@@ -54,12 +56,19 @@ def split_view(upstream_file_id: str) -> tuple[str, str | None]:
     return name, part or None
 
 
-async def views_deleted(state: StateStore, name: str, part: str) -> bool:
-    """Note that the gateway deleted this view; True once both are (then the provider's
-    file goes)."""
+def shown_views(output_file_id: str | None, error_file_id: str | None) -> list[str]:
+    """The views a batch showed the gateway: only those will ever be deleted by it."""
+    return [v for v, f in zip(VIEWS, (output_file_id, error_file_id), strict=True) if f]
+
+
+async def views_deleted(
+    state: StateStore, name: str, part: str, shown: Sequence[str] = VIEWS
+) -> bool:
+    """Note that the gateway deleted this view; True once every view it was shown is (then
+    the provider's file goes)."""
     key = f"deleted:{name}"
     done = set((await state.load(key) or {}).get("parts", [])) | {part}
-    if done != set(VIEWS):
+    if not done >= set(shown):
         await state.save(key, {"parts": sorted(done)})
         return False
     await state.delete(key)
@@ -107,13 +116,15 @@ def is_output(line: Json) -> bool:
     return isinstance(response, dict) and 200 <= response.get("status_code", 0) < 300
 
 
-def batch_usage(input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> Json:
+def batch_usage(
+    input_tokens: int, output_tokens: int, cached_tokens: int = 0, reasoning_tokens: int = 0
+) -> Json:
     """The Batch / Responses `usage` object."""
     return {
         "input_tokens": input_tokens,
         "input_tokens_details": {"cached_tokens": cached_tokens},
         "output_tokens": output_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
         "total_tokens": input_tokens + output_tokens,
     }
 

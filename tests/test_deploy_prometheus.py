@@ -30,6 +30,7 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestServer
 
+from gateway.auth import hash_key
 from tests.fakes.openai_upstream import (
     FAIL_MODEL,
     UPSTREAM,
@@ -97,7 +98,15 @@ def gateway_config(directory: Path, port: int, upstream_url: str) -> Path:
         "server": {"host": "127.0.0.1", "port": port},
         "store": {"url": "sqlite:///./gateway.db"},
         "blobs": {"dir": "./files"},
-        "auth": {"open": True},
+        # The workload's key has a budget (the budget panel), and the fake's model a price.
+        "auth": {
+            "open": True,
+            "keys": [
+                {"name": "team", "key_sha256": hash_key("local"), "limits": {"max_spend_usd": 100}}
+            ],
+        },
+        "pricing": {"flaky": {"gpt-4o-mini": {"input": 0.15, "output": 0.6}}},
+        "usage": {"sweep_seconds": 0.5},
         "providers": {
             "sandbox": {
                 "type": "sandbox",

@@ -48,6 +48,8 @@ async def start_remote(
             providers={"anyapi": provider},
             default="anyapi",
             blobs={"dir": "./files", "keep_provider_outputs": keep},
+            # Without keeping, accounting would be one more reader of the provider's files.
+            usage={"enabled": keep},
         )
         gw = await start_gateway(config)
         return gw, upstream.app[UPSTREAM]

@@ -106,6 +106,22 @@ EVERY_TYPE: dict[str, dict[str, Any]] = {
     "gemini": {"type": "gemini", "api_key": "k4"},
     "mistral": {"type": "mistral", "api_key": "k5"},
     "together": {"type": "together", "api_key": "k6"},
+    "bedrock": {
+        "type": "bedrock",
+        "region": "us-east-1",
+        "input_s3_uri": "s3://my-batch-bucket/bedrock/in/",
+        "output_s3_uri": "s3://my-batch-bucket/bedrock/out/",
+        "role_arn": "arn:aws:iam::123456789012:role/BedrockBatchInference",
+        "models": {"claude-3-5-sonnet": "anthropic.claude-3-5-sonnet-20240620-v1:0"},
+    },
+    "vertex": {
+        "type": "vertex",
+        "project": "my-gcp-project",
+        "location": "us-central1",
+        "gcs_input_prefix": "gs://my-batch-bucket/vertex/in",
+        "gcs_output_prefix": "gs://my-batch-bucket/vertex/out",
+        "models": {"gemini-flash": "publishers/google/models/gemini-2.5-flash"},
+    },
 }
 
 

@@ -18,7 +18,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from gateway import idempotency, metrics, wire
-from gateway.api import batches, files
+from gateway.api import batches, files, usage
 
 Schema = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -70,6 +70,8 @@ IDEMPOTENCY_KEY: Schema = {
     "arriving while the first runs gets 409.",
     "schema": {"type": "string", "minLength": 1, "maxLength": idempotency.MAX_KEY_LENGTH},
 }
+# Unix seconds or a UTC date.
+MOMENT = r"^(?:[0-9]{1,12}|[0-9]{4}-[0-9]{2}-[0-9]{2})$"
 AFTER = query("after", {"type": "string", "minLength": 1, "maxLength": wire.MAX_ID_LENGTH})
 
 # The links let a client (and schemathesis) go upload -> create batch -> retrieve / cancel.
@@ -200,6 +202,20 @@ def routes() -> tuple[Route, ...]:
             wire.Batch,
             errors=(400, 404, 502, 503),
             links=BATCH_LINKS,
+        ),
+        Route(
+            "GET",
+            "/v1/gateway/usage",
+            usage.usage_report,
+            "usageReport",
+            "Recorded usage and cost, totalled by tenant, provider, model or day (extension)",
+            wire.UsageReport,
+            errors=(400,),
+            parameters=(
+                query("group_by", _enum(usage.GROUP_BY)),
+                query("start", {"type": "string", "pattern": MOMENT}),
+                query("end", {"type": "string", "pattern": MOMENT}),
+            ),
         ),
         Route("GET", "/health/live", process.live, "live", "Liveness", wire.Liveness),
         Route("GET", "/health/ready", process.ready, "ready", "Readiness", wire.Readiness),

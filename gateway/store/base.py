@@ -59,6 +59,29 @@ class BatchRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One batch's usage of one model: what ran, what it cost, and at what price."""
+
+    model: str
+    tenant: str
+    provider: str
+    endpoint: str
+    lines_succeeded: int = 0
+    lines_failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    # None when the model's price is unknown (never guessed).
+    cost_usd: float | None = None
+    # The price used, as `gateway.pricing.Price.as_json()`.
+    price: dict[str, Any] | None = None
+    accounted_at: int | None = None
+    batch_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderDeletion:
     provider: str
     upstream_id: str
@@ -121,7 +144,35 @@ class ProviderStateMethods(Protocol):
     async def active_provider_states(self, provider: str) -> list[dict[str, Any]]: ...
 
 
-class Store(RetentionMethods, ProviderStateMethods, Protocol):
+class UsageMethods(Protocol):
+    """Usage and spend (`gateway.store.usage`)."""
+
+    async def batches_to_account(self, after: int, limit: int) -> list[tuple[int, BatchRecord]]:
+        """(seq, batch) for ended batches whose usage is not written yet, after `after`."""
+        ...
+
+    async def record_usage(
+        self, batch_id: str, rows: Sequence[UsageRow], usage: dict[str, Any] | None, now: float
+    ) -> bool:
+        """Write a batch's usage exactly once; False if it was accounted already."""
+        ...
+
+    async def usage_rows(self, batch_id: str) -> list[UsageRow]: ...
+
+    async def put_estimate(
+        self, batch_id: str, tenant: str, cost_usd: float, now: float
+    ) -> None: ...
+
+    async def spend(self, tenant: str, since: int) -> tuple[float, float]:
+        """(recorded cost since `since`, estimated cost of batches not yet accounted)."""
+        ...
+
+    async def usage_report(
+        self, group_by: str, start: int, end: int, tenant: str | None
+    ) -> list[dict[str, Any]]: ...
+
+
+class Store(RetentionMethods, ProviderStateMethods, UsageMethods, Protocol):
     """Everything the gateway persists; SQLite and PostgreSQL implement it alike."""
 
     async def close(self) -> None: ...

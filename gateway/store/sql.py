@@ -30,9 +30,10 @@ from gateway.store.rows import (
     file_from_row,
     to_json,
 )
+from gateway.store.usage import UsageStore
 
 
-class SQLStore(IdempotencyStore, RetentionStore, ProviderStateStore, ABC):
+class SQLStore(IdempotencyStore, RetentionStore, ProviderStateStore, UsageStore, ABC):
     """Every Store method, over whatever connections a backend provides."""
 
     dialect: ClassVar[str]

@@ -60,7 +60,7 @@ from providers.gemini.operations import (
 )
 from providers.http import HTTPProvider, iter_lines
 from providers.lines import rewritten, rewritten_size
-from providers.results import split_view, views_deleted
+from providers.results import VIEWS, shown_views, split_view, views_deleted
 from providers.transport import UNSAFE_TARGET, HTTPSettings
 
 __all__ = ["GeminiProvider", "GeminiProviderConfig", "parse_batch", "rfc3339"]
@@ -205,8 +205,10 @@ class GeminiProvider(HTTPProvider):
     async def delete_file(self, upstream_file_id: str) -> None:
         """An input file is deleted at once; the results file once both its views are."""
         name, part = _split(upstream_file_id)
-        if part is not None and not await views_deleted(self.state, name, part):
-            return
+        if part is not None:
+            shown = (await self.state.load(f"results:{name}") or {}).get("views", VIEWS)
+            if not await views_deleted(self.state, name, part, shown):
+                return
         await self.request_json("DELETE", f"/{self.version}/{name}")
         await self.state.delete(name)
 
@@ -354,18 +356,20 @@ class GeminiProvider(HTTPProvider):
                     | {"param": None, "line": None}
                 ]
             if batch.responses_file:
-                await self._remember(batch)
                 if succeeded is None or succeeded > 0:
                     view.output_file_id = f"{batch.responses_file}#output"
                 if failed is None or failed > 0:
                     view.error_file_id = f"{batch.responses_file}#errors"
+                await self._remember(batch, shown_views(view.output_file_id, view.error_file_id))
         return view
 
-    async def _remember(self, batch: GeminiBatch) -> None:
-        """What a results file's translation needs, kept so every read is the same."""
+    async def _remember(self, batch: GeminiBatch, views: list[str]) -> None:
+        """What a results file's translation needs, kept so every read is the same, and
+        the views shown (the file goes once those are deleted)."""
         key = f"results:{batch.responses_file}"
         if await self.state.load(key) is None:
-            await self.state.save(key, {"model": batch.model, "created": batch.ended})
+            facts = {"model": batch.model, "created": batch.ended, "views": views}
+            await self.state.save(key, facts)
 
 
 def _split(upstream_file_id: str) -> tuple[str, str | None]:

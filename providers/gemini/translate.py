@@ -363,15 +363,16 @@ def embed_request(body: Json) -> Json:
     return request
 
 
-def embedding_body(response: Json, model: str) -> Json:
-    """An EmbedContentResponse as an OpenAI embeddings list (Gemini reports no tokens)."""
+def embedding_body(response: Json, model: str, tokens: int = 0) -> Json:
+    """An EmbedContentResponse as an OpenAI embeddings list (the Gemini API reports no
+    tokens; Vertex AI's predictions do, as `tokens`)."""
     embedding = response.get("embedding") or {}
     values = embedding.get("values") if isinstance(embedding, dict) else None
     return {
         "object": "list",
         "data": [{"object": "embedding", "index": 0, "embedding": values or []}],
         "model": model,
-        "usage": {"prompt_tokens": 0, "total_tokens": 0},
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
 
 

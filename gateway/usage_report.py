@@ -11,6 +11,7 @@ from typing import Any
 
 from gateway.pricing import month_start
 from gateway.store import open_store
+from gateway.store.usage import SUM_NAMES
 
 COLUMNS = (
     ("batches", "batches", 7),
@@ -19,18 +20,7 @@ COLUMNS = (
     ("cached_tokens", "cached", 10),
     ("cost_usd", "cost USD", 11),
 )
-ALL_COLUMNS = (
-    "batches",
-    "lines_succeeded",
-    "lines_failed",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cached_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "unpriced_tokens",
-)
+ALL_COLUMNS = SUM_NAMES
 
 
 def since(value: str | None, now: float) -> int:

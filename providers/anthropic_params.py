@@ -32,6 +32,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from providers.lines import LineError
+
 __all__ = ["TranslationError", "anthropic_custom_ids", "chat_to_params"]
 
 Json = dict[str, Any]
@@ -54,7 +56,7 @@ _DATA_URL = re.compile(r"data:(image/[A-Za-z0-9.+-]+);base64,(.+)", re.DOTALL)
 _CUSTOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-class TranslationError(ValueError):
+class TranslationError(LineError):
     """This request has no faithful Anthropic form; the message says why (no line number)."""
 
 
@@ -66,7 +68,7 @@ def anthropic_custom_ids(custom_ids: list[str]) -> list[str] | None:
     return [f"line-{i}" for i in range(len(custom_ids))]
 
 
-def _text(content: Any, where: str) -> str:
+def text_content(content: Any, where: str) -> str:
     """Text-only content (system messages, tool results): a string or text parts."""
     if content is None:
         return ""
@@ -150,7 +152,7 @@ def _messages(messages: Any) -> tuple[str, list[Json]]:
             raise TranslationError(f"parameter '{where}.name' is not supported by Anthropic")
         role, content = message.get("role"), message.get("content")
         if role in ("system", "developer"):
-            if text := _text(content, f"{where}.content"):
+            if text := text_content(content, f"{where}.content"):
                 system.append(text)
             continue
         if role == "user":
@@ -162,7 +164,7 @@ def _messages(messages: Any) -> tuple[str, list[Json]]:
         elif role == "tool":
             if not isinstance(message.get("tool_call_id"), str):
                 raise TranslationError(f"{where}: tool_call_id is missing")
-            text = _text(content, f"{where}.content")
+            text = text_content(content, f"{where}.content")
             result = {"type": "tool_result", "tool_use_id": message["tool_call_id"]}
             blocks, role = [result | {"content": text}], "user"
         else:

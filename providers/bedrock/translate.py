@@ -29,7 +29,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from providers.anthropic_params import TranslationError, chat_to_params
+from providers.anthropic_params import TranslationError, chat_to_params, text_content
 from providers.bedrock.jobs import Family
 from providers.lines import LineError
 
@@ -130,19 +130,6 @@ def _refuse_unsupported(body: Mapping[str, Any]) -> None:
         )
 
 
-def _text(content: Any, where: str) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for i, part in enumerate(content):
-            if not isinstance(part, Mapping) or part.get("type") != "text":
-                raise LineError(f"{where}[{i}]: only text parts are supported here")
-            texts.append(str(part.get("text", "")))
-        return "".join(texts)
-    raise LineError(f"{where}: content must be a string or a list of parts")
-
-
 def _image(part: Mapping[str, Any], where: str) -> Json:
     image = part.get("image_url")
     url = image.get("url") if isinstance(image, Mapping) else image
@@ -189,7 +176,7 @@ def _messages(messages: Any) -> tuple[list[Json], list[Json]]:
             raise LineError(f"parameter '{where}.name' is not supported by Bedrock Converse")
         role = message.get("role")
         if role in ("system", "developer"):
-            if text := _text(message.get("content"), f"{where}.content"):
+            if text := text_content(message.get("content"), f"{where}.content"):
                 system.append({"text": text})
             continue
         if role == "tool" or message.get("tool_calls"):

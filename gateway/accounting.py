@@ -191,6 +191,8 @@ class Accountant:
                 continue  # none, or expired or deleted before it could be read
             if not self._readable(record, file):
                 return False
+            if len(tallies) == 1:  # failed lines ran on the model the others ran on
+                fallback = next(iter(tallies))
             async with await self._open(file) as chunks:
                 await tally_lines(chunks, tallies, fallback_model=fallback)
         if not tallies:  # nothing ran (a failed validation): the batch is still on record

@@ -111,12 +111,17 @@ def _configured(price: PriceConfig, discount: float) -> Price:
 def _library(
     provider_id: str | None, base_url: str | None, model: str, discount: float
 ) -> Price | None:
-    try:
-        if provider_id is not None:
-            found = calc_price(Usage(), model, provider_id=provider_id).model_price
-        else:
-            found = calc_price(Usage(), model, provider_api_url=base_url).model_price
-    except LookupError:
+    found = None
+    for name in _names(model):
+        try:
+            if provider_id is not None:
+                found = calc_price(Usage(), name, provider_id=provider_id).model_price
+            else:
+                found = calc_price(Usage(), name, provider_api_url=base_url).model_price
+            break
+        except LookupError:
+            continue
+    if found is None:
         return None
     rates = [_base_tier(found.input_mtok), _base_tier(found.output_mtok)]
     if rates[0] is None:
@@ -128,6 +133,16 @@ def _library(
         Decimal(str(discount)),
         LIBRARY,
     )
+
+
+def _names(model: str) -> list[str]:
+    """The model as reported, then without a Vertex version (`@default`) or resource path
+    (`publishers/google/models/…`): the same model, written the provider's way."""
+    names = [model]
+    for short in (model.split("@", 1)[0], model.rsplit("/", 1)[-1].split("@", 1)[0]):
+        if short and short not in names:
+            names.append(short)
+    return names
 
 
 def _base_tier(value: Any) -> Decimal | None:

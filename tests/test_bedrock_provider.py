@@ -28,6 +28,7 @@ from tests.servers import S3Server
 from tests.support import MemoryState, chat_line, jsonl, make_config, read_lines, submit
 from tests.test_flow_sdk import assert_complete, wait_terminal
 from tests.test_provider_state import local_files
+from tests.test_usage import accounted
 
 KEY_ID = "AKIAFAKEBEDROCK0KEY1"
 SECRET = "fake-bedrock-secret-0123456789abcdef"
@@ -238,6 +239,10 @@ async def test_claude_batch_runs_as_a_bedrock_job_and_comes_back_as_chat_complet
         assert body["usage"]["prompt_tokens"] == 10 and body["usage"]["total_tokens"] == 15
     errors = await read_lines(bed.gw.client, done.error_file_id)
     assert list(errors) == ["req-3"]
+    # Accounted from the translated output, matched by recordId: tokens and a priced cost.
+    (usage,) = await accounted(bed.gw.service.store, batch.id)
+    assert (usage.model, usage.lines_succeeded, usage.lines_failed) == ("claude-3-5-sonnet", 3, 1)
+    assert (usage.prompt_tokens, usage.total_tokens) == (30, 45)
     failed = errors["req-3"]["response"]
     assert failed["status_code"] == 400
     assert failed["body"]["error"]["type"] == "invalid_request_error"

@@ -33,6 +33,7 @@ from tests.fakes.vertex_upstream import (
 from tests.leakscan import SCAN
 from tests.support import MemoryState, chat_line, jsonl, make_config, read_lines, submit
 from tests.test_flow_sdk import assert_complete, wait_terminal
+from tests.test_usage import accounted
 
 PROJECT = "vertex-test-project"
 MODEL = "gemini-flash"
@@ -195,6 +196,13 @@ async def test_chat_batch_comes_back_matched_to_its_custom_ids(
 
     first = (await gw.client.files.content(done.output_file_id or "")).content
     assert (await gw.client.files.content(done.output_file_id or "")).content == first
+    # Accounted from the translated output: tokens and a cost, never a silent 0.
+    # (Vertex names the version it ran; its price is the model's, from genai-prices.)
+    (usage,) = await accounted(gw.service.store, batch.id)
+    assert (usage.lines_succeeded, usage.lines_failed) == (4, 1)
+    assert usage.model == "gemini-2.5-flash@default"
+    assert (usage.prompt_tokens, usage.total_tokens) == (40, 60)
+    assert usage.cost_usd is not None and usage.cost_usd > 0
     # One token, from the signed assertion, on every job call.
     assert fake.state.token_requests == 1
     assert all(bearer in fake.state.tokens for _, _, bearer in fake.state.calls)

@@ -14,6 +14,7 @@ from bench.harness import Server, both
 from bench.load import LoadResult
 from bench.procs import REPO, Proc, free_port, python
 from bench.report import Row, cpu, lat, ms, rps
+from bench.staging import STAGING_ROWS
 from bench.transfers import KEPT, LOCAL, RELAYED, UPLOAD, Transfers
 
 ROWS = (
@@ -36,6 +37,7 @@ ROWS = (
     "8. LiteLLM active retrieve c=64",
     "8. LiteLLM create c=1",
     "8. LiteLLM upload",
+    *STAGING_ROWS,
 )
 
 

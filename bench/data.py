@@ -14,15 +14,15 @@ ENDPOINT = "/v1/chat/completions"
 OPEN_TENANT = "default"  # the tenant of `auth: {open: true}`
 
 
-def write_jsonl(path: Path, lines: int, line_bytes: int) -> int:
+def write_jsonl(path: Path, lines: int, line_bytes: int, model: str = "gpt-4o-mini") -> int:
     """A valid batch input file: `lines` chat requests of exactly `line_bytes` bytes each."""
     words = b"Summarize the following text in one sentence, please. "
     with open(path, "wb") as fh:
         for i in range(lines):
             head = (
                 b'{"custom_id":"req-%07d","method":"POST","url":"/v1/chat/completions",'
-                b'"body":{"model":"gpt-4o-mini","max_tokens":64,"messages":'
-                b'[{"role":"user","content":"' % i
+                b'"body":{"model":"%s","max_tokens":64,"messages":'
+                b'[{"role":"user","content":"' % (i, model.encode())
             )
             tail = b'"}]}}\n'
             pad = line_bytes - len(head) - len(tail)

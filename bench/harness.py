@@ -53,6 +53,9 @@ class Sizes:
     poller_latency_ms: float
     litellm_upload_lines: int
     litellm_requests: int
+    staging_lines: int  # items 9-10: the input staged (of `line_bytes` each)
+    staging_output_bytes: int  # items 9-10: the provider's output read back
+    accounting_bytes: int  # item 11
 
 
 class Harness:

@@ -22,16 +22,26 @@ from pathlib import Path
 import orjson
 
 from bench import litellm
+from bench.accountant import Accounting
 from bench.cases import ROWS, Cases
 from bench.data import write_jsonl
 from bench.harness import Sizes
 from bench.load import session
 from bench.procs import REPO, machine_busy, wait_quiet
 from bench.report import Row, machine, render_markdown, update_readmes, write_results
+from bench.staging import (
+    ACCOUNT,
+    BEDROCK_READ,
+    BEDROCK_UP,
+    RETRIEVE,
+    TALLY,
+    VERTEX_READ,
+    VERTEX_UP,
+)
 
 RESULTS = REPO / "bench" / "results"
 GROUPS = ("active", "terminal", "create", "upload", "download", "list", "workers", "poller")
-GROUPS += ("litellm",)
+GROUPS += ("litellm", "bedrock", "vertex", "accounting")
 
 FULL = Sizes(
     rounds=3,
@@ -51,6 +61,9 @@ FULL = Sizes(
     poller_latency_ms=20.0,
     litellm_upload_lines=12_500,
     litellm_requests=2000,
+    staging_lines=50_000,
+    staging_output_bytes=1_000_000_000,
+    accounting_bytes=200_000_000,
 )
 QUICK = Sizes(
     rounds=1,
@@ -70,10 +83,13 @@ QUICK = Sizes(
     poller_latency_ms=20.0,
     litellm_upload_lines=100,
     litellm_requests=50,
+    staging_lines=500,
+    staging_output_bytes=2_000_000,
+    accounting_bytes=2_000_000,
 )
 
 
-class Suite(Cases):
+class Suite(Cases, Accounting):
     def __init__(self, sizes: Sizes, work: Path, *, quick: bool, only: set[str]) -> None:
         super().__init__(sizes, work)
         self.quick = quick
@@ -116,8 +132,18 @@ class Suite(Cases):
             if not self.skip("poller", ROWS[14]):
                 await self.poller(file_id, timeout=30 if self.quick else 120)
             skip = litellm_skip or (None if "litellm" in self.only else "skipped (--only)")
-            await litellm.bench(self, ROWS[15:], skip)
+            await litellm.bench(self, ROWS[15:19], skip)
+            await self.staging_rows()
         self.rows.sort(key=row_order)
+
+    async def staging_rows(self) -> None:
+        """Items 9-11, each group on servers of its own (moto, the GCS emulator, gateways)."""
+        if not self.skip("bedrock", BEDROCK_UP, BEDROCK_READ):
+            await self.staging_bedrock()
+        if not self.skip("vertex", VERTEX_UP, VERTEX_READ):
+            await self.staging_vertex()
+        if not self.skip("accounting", TALLY, ACCOUNT, RETRIEVE):
+            await self.accounting()
 
 
 def row_order(row: Row) -> int:

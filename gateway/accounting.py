@@ -82,7 +82,7 @@ async def tally_lines(
     A successful line counts under its body's `model`; a failed one (which rarely names
     a model) under `fallback_model`, the batch's.
     """
-    async for raw in iter_lines(chunks):
+    async for raw in iter_lines(_yielding(chunks)):
         try:
             line = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -100,6 +100,14 @@ async def tally_lines(
             tally.add(body.get("usage") if isinstance(body, dict) else None)
         else:
             tally.lines_failed += 1
+
+
+async def _yielding(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The chunks, with the event loop let in after each: a local blob's reads never wait,
+    and a 1 GB file parsed in one go would hold every request for seconds."""
+    async for chunk in chunks:
+        yield chunk
+        await asyncio.sleep(0)
 
 
 def usage_rows(

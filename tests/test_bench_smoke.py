@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 
 from bench.cases import ROWS
+from bench.staging import RETRIEVE, STAGING_ROWS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,3 +32,12 @@ def test_quick_bench_runs_and_prints_every_row(tmp_path: Path) -> None:
     [workers] = [r for r in results["rows"] if r["name"] == ROWS[4]]
     assert "wrk client" in workers["measured"], workers
     assert workers["data"]["one_process"]["requests"] > 0
+    # Items 9-11 measure for real even at --quick sizes: a time and a peak RSS growth each
+    # (the bedrock and vertex rows through the adapters, on moto and the GCS emulator).
+    for name in STAGING_ROWS:
+        [row] = [r for r in results["rows"] if r["name"].startswith(name)]
+        if name == RETRIEVE:
+            assert row["data"]["during"][0]["requests"] > 0, row
+            continue
+        assert row["data"]["ours"]["seconds"] > 0, row
+        assert "growth_kb" in row["data"]["ours"] and "peak RSS" in row["measured"], row

@@ -70,7 +70,8 @@ class BedrockProviderConfig(ProviderConfig):
     timeout_hours: int | None = Field(None, ge=24, le=168)
     # For Claude lines without max_tokens / max_completion_tokens (Anthropic requires it).
     default_max_tokens: int | None = Field(None, ge=1)
-    part_bytes: int = Field(8 * 1024 * 1024, ge=_MIN_PART)
+    # Multipart part size of the staged input; an upload holds about three parts in memory.
+    part_bytes: int = Field(8 * 1024 * 1024, ge=_MIN_PART, le=32 * 1024 * 1024)
 
     @field_validator("input_s3_uri", "output_s3_uri")
     @classmethod

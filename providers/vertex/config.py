@@ -67,8 +67,9 @@ class VertexProviderConfig(ProviderConfig):
     base_url: HttpUrl | None = None
     storage_url: HttpUrl = "https://storage.googleapis.com"
     api_version: Literal["v1", "v1beta1"] = "v1"
-    # Uploads go in resumable chunks of this size (a multiple of 256 KiB).
-    upload_chunk_bytes: int = Field(8 * 1024 * 1024, ge=QUANTUM)
+    # Uploads go in resumable chunks of this size (a multiple of 256 KiB); an upload holds
+    # about four chunks in memory, hence the cap.
+    upload_chunk_bytes: int = Field(8 * 1024 * 1024, ge=QUANTUM, le=32 * 1024 * 1024)
 
     @field_validator("gcs_input_prefix", "gcs_output_prefix")
     @classmethod

@@ -160,11 +160,9 @@ def month_start(now: float) -> int:
     return int(day.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp())
 
 
-def estimated_cost(pricing: Pricing, provider: str, file: FileRecord) -> float:
-    """What a batch from `file` is expected to cost before it runs: its input at about four
-    bytes a token (the JSON around the prompts counts too, so this errs high), priced at
-    the dearest of its models; 0 when none has a known price."""
-    tokens = file.bytes // 4
+def estimated_cost(pricing: Pricing, provider: str, file: FileRecord, tokens: int) -> float:
+    """What a batch from `file` is expected to cost before it runs: its input tokens
+    (`gateway.estimate`), priced at the dearest of its models; 0 when none has a price."""
     costs = [
         price.cost(tokens, 0)
         for model in file.models

@@ -30,6 +30,7 @@ from gateway.blobs import Blobs
 from gateway.config import Config, KeyConfig
 from gateway.creates import CreateUseCases, KeyedLocks, Unsettled
 from gateway.errors import InvalidRequest, QuotaExceeded
+from gateway.estimate import input_tokens
 from gateway.events import ServiceEvents
 from gateway.file_service import FileUseCases, no_such
 from gateway.pricing import Pricing, estimated_cost, month_start
@@ -257,7 +258,8 @@ class GatewayService(CreateUseCases, FileUseCases, BatchSync):
         if key is None or limit is None:
             return None
         spent, committed = await self.store.spend(key.name, month_start(time.time()))
-        estimate = estimated_cost(self.pricing, provider, file)
+        tokens = await input_tokens(self.blobs, file)
+        estimate = estimated_cost(self.pricing, provider, file, tokens)
         self.events.budget(key.name, spent + committed, limit)
         if spent + committed + estimate > limit:
             raise QuotaExceeded(

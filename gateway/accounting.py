@@ -219,10 +219,8 @@ class Accountant:
             return True
         if not self.service.config.blobs.keep_provider_outputs:
             return True
-        ended = max(
-            (v for k, v in record.object.items() if k.endswith("_at") and isinstance(v, int)),
-            default=record.created_at,
-        )
+        ended = record.object.get(f"{record.status}_at")
+        ended = ended if isinstance(ended, int) else record.created_at
         return time.time() - ended > KEEP_WAIT_SECONDS
 
     async def _open(self, file: FileRecord) -> ByteStream:

@@ -193,8 +193,9 @@ class GatewayService(CreateUseCases, FileUseCases, BatchSync):
                 batch_id, where, partial(self._batch, tenant, batch_id)
             )
         record = await self._batch(tenant, batch_id)
-        # Cached once final: ended and accounted (accounting adds `usage`).
-        if record.status in TERMINAL_STATUSES and record.object.get("usage") is not None:
+        # Cached once final: ended and accounted (accounting adds `usage`), if it is on.
+        final = record.object.get("usage") is not None or not self.config.usage.enabled
+        if record.status in TERMINAL_STATUSES and final:
             body = orjson.dumps(record.object)
             self._terminal[batch_id] = (tenant, record.object, body)
             if len(self._terminal) > TERMINAL_CACHE_SIZE:

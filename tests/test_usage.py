@@ -709,3 +709,21 @@ async def test_estimates_count_prompt_tokens_with_the_models_tokenizer(
 
     blobs, unknown = await _blob_file(tmp_path / "unknown", lines, "no-tokenizer-model")
     assert await estimate.input_tokens(blobs, unknown) == unknown.bytes // 4
+
+
+async def test_a_remote_output_not_kept_is_read_from_the_provider_after_the_wait(
+    start_gateway: StartGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gw = await start_gateway(priced(tmp_path, usage={"sweep_seconds": 3600}))
+    record = await _inject(gw, "model-a", status="completed", output=1)
+    file = await gw.service.store.get_file(record.object["output_file_id"])
+    assert file is not None
+    file.blob = None  # as if the keeper had not copied it yet
+    accountant = Accountant(gw.service, sweep_seconds=60)
+    remote = type("Remote", (), {"remote_files": True})()
+    monkeypatch.setattr(gw.service, "providers", {**gw.service.providers, "sandbox": remote})
+    # Ended just now: wait for the keeper's copy (expires_at far ahead changes nothing).
+    record.object["expires_at"] = int(time.time()) + 86400
+    assert not accountant._readable(record, file)
+    record.object["completed_at"] = int(time.time()) - 3600
+    assert accountant._readable(record, file)

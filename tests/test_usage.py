@@ -241,6 +241,9 @@ async def test_an_ended_batch_is_accounted_with_its_prices_and_reported(
     async with gw.http.get(gw.url("/v1/gateway/usage"), params={"group_by": "x"}) as resp:
         assert resp.status == 400
         assert (await resp.json())["error"]["param"] == "group_by"
+    for bad in ("²", "2026-13-01", "yesterday"):
+        async with gw.http.get(gw.url("/v1/gateway/usage"), params={"start": bad}) as resp:
+            assert resp.status == 400 and (await resp.json())["error"]["param"] == "start"
     async with gw.http.get(gw.url("/metrics")) as resp:
         text = await resp.text()
     assert 'gateway_usage_tokens_total{kind="prompt",model="model-a",provider="sandbox"' in text

@@ -7,6 +7,7 @@ default the current calendar month. A gateway extension, not part of OpenAI's AP
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 
@@ -26,7 +27,7 @@ def _moment(request: web.Request, name: str, default: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
-    if raw.isdigit() and len(raw) <= 12:
+    if re.fullmatch(r"[0-9]{1,12}", raw):  # ASCII digits only: str.isdigit takes "²"
         return int(raw)
     try:
         return int(datetime.strptime(raw, DATE_FORMAT).replace(tzinfo=UTC).timestamp())

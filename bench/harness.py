@@ -56,6 +56,8 @@ class Sizes:
     staging_lines: int  # items 9-10: the input staged (of `line_bytes` each)
     staging_output_bytes: int  # items 9-10: the provider's output read back
     accounting_bytes: int  # item 11
+    shard_lines: int  # item 12: the batch split and merged (of bench/sharding.py's LINE_BYTES)
+    shard_max_lines: int  # item 12: the shard's max_lines (the input makes 10 children)
 
 
 class Harness:

@@ -45,47 +45,53 @@ def _blocks(lines: Iterator[bytes], size: int) -> Iterator[bytes]:
             return
 
 
+def openai_line(i: int, model: str = "gpt-4o-mini", cid: str | None = None) -> bytes:
+    """OpenAI batch output line `i` (~1 KB), answering `cid` (default: input line `i`'s);
+    a 400 error when `i % 100 == 99`."""
+    if i % 100 == 99:
+        error = {"message": "Invalid 'messages': empty.", "type": "invalid_request_error"}
+        body: dict[str, object] = {"error": {**error, "param": None, "code": None}}
+        status = 400
+    else:
+        body = {
+            "id": f"chatcmpl-{i:010d}",
+            "object": "chat.completion",
+            "created": 1_767_225_600,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": _text(600)},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": 900 + i % 50,
+                "completion_tokens": 120 + i % 7,
+                "total_tokens": 1020 + i % 50 + i % 7,
+                "prompt_tokens_details": {"cached_tokens": 128 * (i % 3)},
+                "completion_tokens_details": {"reasoning_tokens": 0},
+            },
+        }
+        status = 200
+    response = {"status_code": status, "request_id": f"req_{i:012x}", "body": body}
+    line = {
+        "id": f"batch_req_{i:012x}",
+        "custom_id": custom_id(i) if cid is None else cid,
+        "response": response,
+        "error": None,
+    }
+    return orjson.dumps(line) + b"\n"
+
+
 def openai_output(size: int, model: str = "gpt-4o-mini") -> Iterator[bytes]:
     """About `size` bytes of OpenAI batch output lines (~1 KB each)."""
 
     def lines() -> Iterator[bytes]:
         i = 0
         while True:
-            if i % 100 == 99:
-                error = {"message": "Invalid 'messages': empty.", "type": "invalid_request_error"}
-                body: dict[str, object] = {"error": {**error, "param": None, "code": None}}
-                status = 400
-            else:
-                body = {
-                    "id": f"chatcmpl-{i:010d}",
-                    "object": "chat.completion",
-                    "created": 1_767_225_600,
-                    "model": model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": _text(600)},
-                            "finish_reason": "stop",
-                            "logprobs": None,
-                        }
-                    ],
-                    "usage": {
-                        "prompt_tokens": 900 + i % 50,
-                        "completion_tokens": 120 + i % 7,
-                        "total_tokens": 1020 + i % 50 + i % 7,
-                        "prompt_tokens_details": {"cached_tokens": 128 * (i % 3)},
-                        "completion_tokens_details": {"reasoning_tokens": 0},
-                    },
-                }
-                status = 200
-            response = {"status_code": status, "request_id": f"req_{i:012x}", "body": body}
-            line = {
-                "id": f"batch_req_{i:012x}",
-                "custom_id": custom_id(i),
-                "response": response,
-                "error": None,
-            }
-            yield orjson.dumps(line) + b"\n"
+            yield openai_line(i, model)
             i += 1
 
     return _blocks(lines(), size)

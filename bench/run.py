@@ -29,11 +29,14 @@ from bench.harness import Sizes
 from bench.load import session
 from bench.procs import REPO, machine_busy, wait_quiet
 from bench.report import Row, machine, render_markdown, update_readmes, write_results
+from bench.sharding import Sharding
 from bench.staging import (
     ACCOUNT,
     BEDROCK_READ,
     BEDROCK_UP,
     RETRIEVE,
+    SHARD_MERGE,
+    SHARD_SPLIT,
     TALLY,
     VERTEX_READ,
     VERTEX_UP,
@@ -41,7 +44,7 @@ from bench.staging import (
 
 RESULTS = REPO / "bench" / "results"
 GROUPS = ("active", "terminal", "create", "upload", "download", "list", "workers", "poller")
-GROUPS += ("litellm", "bedrock", "vertex", "accounting")
+GROUPS += ("litellm", "bedrock", "vertex", "accounting", "sharding")
 
 FULL = Sizes(
     rounds=3,
@@ -64,6 +67,8 @@ FULL = Sizes(
     staging_lines=50_000,
     staging_output_bytes=1_000_000_000,
     accounting_bytes=200_000_000,
+    shard_lines=500_000,
+    shard_max_lines=50_000,
 )
 QUICK = Sizes(
     rounds=1,
@@ -86,10 +91,12 @@ QUICK = Sizes(
     staging_lines=500,
     staging_output_bytes=2_000_000,
     accounting_bytes=2_000_000,
+    shard_lines=2000,
+    shard_max_lines=200,
 )
 
 
-class Suite(Cases, Accounting):
+class Suite(Cases, Accounting, Sharding):
     def __init__(self, sizes: Sizes, work: Path, *, quick: bool, only: set[str]) -> None:
         super().__init__(sizes, work)
         self.quick = quick
@@ -137,13 +144,16 @@ class Suite(Cases, Accounting):
         self.rows.sort(key=row_order)
 
     async def staging_rows(self) -> None:
-        """Items 9-11, each group on servers of its own (moto, the GCS emulator, gateways)."""
+        """Items 9-12, each group on servers of its own (moto, the GCS emulator, gateways);
+        item 12 in worker processes only."""
         if not self.skip("bedrock", BEDROCK_UP, BEDROCK_READ):
             await self.staging_bedrock()
         if not self.skip("vertex", VERTEX_UP, VERTEX_READ):
             await self.staging_vertex()
         if not self.skip("accounting", TALLY, ACCOUNT, RETRIEVE):
             await self.accounting()
+        if not self.skip("sharding", SHARD_SPLIT, SHARD_MERGE):
+            await self.sharding()
 
 
 def row_order(row: Row) -> int:

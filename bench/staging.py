@@ -1,5 +1,5 @@
 """Items 9-10: memory and time of the object-store adapters on big files (and the helpers
-item 11, bench/accountant.py, shares).
+items 11-12, bench/accountant.py and bench/sharding.py, share).
 
 9. `type: bedrock` against moto's S3 server: a 200 MB input staged (`upload_file`: translated
    to Bedrock records, multipart upload) and a 1 GB `.out` read back through
@@ -40,7 +40,12 @@ VERTEX_READ = "10. vertex output read"
 TALLY = "11. accounting tally_lines"
 ACCOUNT = "11. accounting on a gateway"
 RETRIEVE = "11. retrieve during accounting"
-STAGING_ROWS = (BEDROCK_UP, BEDROCK_READ, VERTEX_UP, VERTEX_READ, TALLY, ACCOUNT, RETRIEVE)
+SHARD_SPLIT = "12. sharding split"
+SHARD_MERGE = "12. sharding merge"
+STAGING_ROWS = (
+    *(BEDROCK_UP, BEDROCK_READ, VERTEX_UP, VERTEX_READ),
+    *(TALLY, ACCOUNT, RETRIEVE, SHARD_SPLIT, SHARD_MERGE),
+)
 
 KB_50MB, KB_30MB = 50 * 1024, 30 * 1024
 REGION = "us-east-1"

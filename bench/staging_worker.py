@@ -1,4 +1,4 @@
-"""One measured transfer in a process of its own, for items 9-11 (bench/staging.py runs it).
+"""One measured transfer in a process of its own, for items 9-12 (bench/staging.py runs it).
 
     python -m bench.staging_worker '{"op": "bedrock-upload", ...}'
 
@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -340,6 +344,166 @@ async def plain_read(spec: Spec) -> dict[str, Any]:
     return await measured(lambda: drain(file_chunks(spec["input"])))
 
 
+# --- sharding ----------------------------------------------------------------------------
+
+BATCH_ID, ERROR_FILE_ID = "batch_bench_parent", "file-bench-merged-errors"
+NO_RESULT = 500  # line i has no result at all when i % 1000 == NO_RESULT
+
+
+def blobs_with_input(folder: Path, source: str) -> Any:
+    """A LocalBlobs folder whose blob `input` is the source file (a hard link: no copy)."""
+    from gateway.blobs import LocalBlobs
+
+    blobs = LocalBlobs(folder)
+    os.link(source, blobs.path("input"))
+    return blobs
+
+
+async def split(spec: Spec, blobs: Any, prefix: str) -> list[Any]:
+    from gateway.shard_files import split_input
+
+    return await split_input(
+        partial(blobs.open, "input"),
+        lambda i: blobs.writer(f"{prefix}-{i}"),
+        lines=spec["lines"],
+        size=Path(spec["input"]).stat().st_size,
+        max_lines=spec["max_lines"],
+        max_bytes=spec["max_bytes"],
+    )
+
+
+async def shard_results(spec: Spec) -> dict[str, Any]:
+    """Item 12's setup, untimed: the input split as the measured split splits it, and each
+    child's results as a provider leaves them: an output and an error file, one OpenAI line
+    (~1 KB) per input line, 1 in 100 an error, 1 in 1,000 none at all (merged as expired)."""
+    from bench.outputs import openai_line
+    from providers.http import iter_lines
+
+    blobs = blobs_with_input(Path(spec["dir"]), spec["input"])
+    slices = await split(spec, blobs, "in")
+    n = outputs = errors = 0
+    files: list[str] = []
+    for i in range(len(slices)):
+        out, err = blobs.writer(f"out-{i}"), blobs.writer(f"err-{i}")
+        async with blobs.open(f"in-{i}") as chunks:
+            async for raw in iter_lines(chunks):
+                cid = orjson.loads(raw)["custom_id"]
+                if n % 1000 != NO_RESULT:
+                    failed = n % 100 == 99
+                    await (err if failed else out).write(openai_line(n, cid=cid))
+                    errors += failed
+                    outputs += not failed
+                n += 1
+        await out.commit()
+        await err.commit()
+        await blobs.delete(f"in-{i}")  # the measured split writes its own
+        files += [str(blobs.path(f"out-{i}")), str(blobs.path(f"err-{i}"))]
+    await blobs.delete("input")
+    result_bytes = sum(Path(f).stat().st_size for f in files)
+    return {
+        "children": len(slices),
+        "lines": n,
+        "outputs": outputs,
+        "errors": errors,
+        "missing": n - outputs - errors,
+        "result_bytes": result_bytes,
+        "result_files": files,
+    }
+
+
+async def merge(spec: Spec, blobs: Any, results: Any) -> dict[str, Any]:
+    from gateway.shard_files import ChildFiles, Merger
+    from providers.results import EXPIRED
+
+    out, err = blobs.writer("merged-output"), blobs.writer("merged-errors")
+    merger = Merger(out, err, BATCH_ID, ERROR_FILE_ID)
+    for i in range(spec["children"]):
+        child = ChildFiles(
+            input=partial(blobs.open, f"child-{i}"),
+            output=partial(results.open, f"out-{i}"),
+            errors=partial(results.open, f"err-{i}"),
+            missing=EXPIRED,
+        )
+        await merger.add(child)
+    await merger.finish()
+    await out.commit()
+    await err.commit()
+    return {
+        "bytes": merger.output_bytes + merger.error_bytes,
+        "source_bytes": spec["result_bytes"],
+        "completed": merger.completed,
+        "failed": merger.failed,
+        "expired": merger.expired,
+    }
+
+
+async def merged_ids(blobs: Any) -> dict[str, int]:
+    """Lines and distinct custom_ids of the merged output and error files."""
+    from providers.http import iter_lines
+
+    ids: set[str] = set()
+    lines = 0
+    for key in ("merged-output", "merged-errors"):
+        async with blobs.open(key) as chunks:
+            async for raw in iter_lines(chunks):
+                ids.add(orjson.loads(raw)["custom_id"])
+                lines += 1
+    return {"merged_lines": lines, "unique_ids": len(ids)}
+
+
+async def shard(spec: Spec) -> dict[str, Any]:
+    """Split the input into children (`split_input`), then merge the children's results
+    (`Merger`), in one process; the merge's RSS growth counts from before the split."""
+    from gateway.blobs import LocalBlobs
+
+    folder = Path(tempfile.mkdtemp(prefix="shard-", dir=spec["dir"]))
+    try:
+        blobs = blobs_with_input(folder, spec["input"])
+        results = LocalBlobs(Path(spec["results"]))
+        size = Path(spec["input"]).stat().st_size
+
+        async def split_phase() -> dict[str, Any]:
+            slices = await split(spec, blobs, "child")
+            return {"bytes": size, "children": len(slices), "lines": sum(s.lines for s in slices)}
+
+        cut = await measured(split_phase)
+        assert cut["children"] == spec["children"], (cut, spec["children"])
+        joined = await measured(lambda: merge(spec, blobs, results))
+        joined["growth_kb"] = joined["hwm_after_kb"] - cut["rss_before_kb"]
+        return {"split": cut, "merge": joined, **(await merged_ids(blobs))}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def copy(spec: Spec) -> dict[str, Any]:
+    """The baseline: plain chunked copies of the same bytes, one file per phase (the input
+    for the split; the children's result files, concatenated, for the merge)."""
+    folder = Path(tempfile.mkdtemp(prefix="copy-", dir=spec["dir"]))
+    phases: dict[str, Any] = {}
+    first: int | None = None
+    try:
+        for name, sources in spec["phases"].items():
+            target = folder / name
+            phase = await measured(partial(_copy, sources, target))
+            first = phase["rss_before_kb"] if first is None else first
+            phase["growth_kb"] = phase["hwm_after_kb"] - first
+            phases[name] = phase
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return phases
+
+
+async def _copy(sources: list[str], target: Path) -> dict[str, Any]:
+    n = 0
+    with open(target, "wb") as out:
+        for source in sources:
+            with open(source, "rb") as fh:
+                while chunk := fh.read(CHUNK):
+                    out.write(chunk)
+                    n += len(chunk)
+    return {"bytes": n}
+
+
 # --- the token endpoint ------------------------------------------------------------------
 
 
@@ -383,6 +547,9 @@ OPS: dict[str, Callable[[Spec], Coroutine[Any, Any, dict[str, Any]]]] = {
     "gcs-read": gcs_read,
     "tally": tally,
     "read": plain_read,
+    "shard-results": shard_results,
+    "shard": shard,
+    "copy": copy,
     "token-server": token_server,
 }
 

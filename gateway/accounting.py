@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 import orjson
 
+from gateway.config import SHARDED
 from gateway.pricing import Price, Pricing
 from gateway.service import GatewayService
 from gateway.store import BatchRecord, FileRecord
 from gateway.store.base import UsageRow
-from providers.base import ByteStream
 from providers.http import iter_lines
 from providers.results import batch_usage
 
@@ -190,6 +190,8 @@ class Accountant:
     async def account(self, record: BatchRecord) -> bool:
         """Read the batch's results and write its usage; False if not ready or done already."""
         svc = self.service
+        if record.provider == SHARDED:
+            return await self._account_parent(record)
         fallback = str(record.object.get("model") or UNKNOWN_MODEL)
         tallies: dict[str, ModelTally] = {}
         for key in ("output_file_id", "error_file_id"):
@@ -201,7 +203,7 @@ class Accountant:
                 return False
             if len(tallies) == 1:  # failed lines ran on the model the others ran on
                 fallback = next(iter(tallies))
-            async with await self._open(file) as chunks:
+            async with await svc.open_bytes(file) as chunks:
                 await tally_lines(chunks, tallies, fallback_model=fallback)
         if not tallies:  # nothing ran (a failed validation): the batch is still on record
             tallies[fallback] = ModelTally()
@@ -211,6 +213,18 @@ class Accountant:
             return False
         svc.events.usage_recorded(rows)
         return True
+
+    async def _account_parent(self, record: BatchRecord) -> bool:
+        """A sharded batch's usage is its children's, each counted once as its own batch
+        (at its provider's prices): the parent only sums them, once all are counted."""
+        rows: list[UsageRow] = []
+        for _, child in await self.service.store.shard_children(record.id):
+            child_rows = await self.service.store.usage_rows(child.id)
+            if not child_rows:
+                return False  # not accounted yet
+            rows.extend(child_rows)
+        usage = batch_object_usage(rows) if rows else None
+        return await self.service.store.record_usage(record.id, [], usage, time.time())
 
     def _readable(self, record: BatchRecord, file: FileRecord) -> bool:
         """A remote provider's file once the keeper has its copy (or gave up waiting)."""
@@ -222,10 +236,3 @@ class Accountant:
         ended = record.object.get(f"{record.status}_at")
         ended = ended if isinstance(ended, int) else record.created_at
         return time.time() - ended > KEEP_WAIT_SECONDS
-
-    async def _open(self, file: FileRecord) -> ByteStream:
-        opened = await self.service.open_content(file.tenant, file.id)
-        if isinstance(opened, FileRecord):
-            assert opened.blob is not None
-            return self.service.blobs.open(opened.blob)
-        return opened

@@ -32,6 +32,10 @@ from providers.registry import TYPES
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+# The `provider` of a sharded batch's parent row: its children run at real providers.
+SHARDED = "shard"
+
+
 class ConfigError(Exception):
     """A config file that cannot be used; the message names the YAML path."""
 
@@ -212,6 +216,10 @@ class LimitsConfig(_Model):
     max_request_bytes: int = Field(1024 * 1024, ge=1024)
     # A request body that sends nothing for this long is answered 408 and closed.
     upload_idle_seconds: float = Field(30.0, gt=0)
+    # Uploads may be this large when a route shards (`routes[].shard`); a create that is
+    # not sharded still gets the limits above.
+    max_shard_file_bytes: int = Field(1024 * 1024 * 1024, ge=1)
+    max_shard_file_lines: int = Field(500_000, ge=1)
 
 
 # The `type:` union, one member per provider type in the registry.
@@ -238,16 +246,59 @@ class Target(_Model):
     weight: float = Field(1.0, gt=0)
 
 
+def _targets(value: Any) -> Any:
+    """`to: name`, `to: [name, {provider, weight}]`: bare names are weight 1."""
+    if isinstance(value, str):
+        return [{"provider": value}]
+    if isinstance(value, list):
+        return [{"provider": v} if isinstance(v, str) else v for v in value]
+    return value
+
+
+class ShardConfig(_Model):
+    """Cut a batch into children spread over providers (`gateway.sharding`)."""
+
+    across: tuple[Target, ...] = Field(min_length=1)
+    # Per child, below each provider's own limits (`providers.<name>.max_batch_lines`).
+    max_lines: int | None = Field(None, ge=1)
+    max_bytes: int | None = Field(None, ge=1024)
+
+    _across = field_validator("across", mode="before")(_targets)
+
+
+# The per-line codes a heal re-runs by default: rate limits, server errors, timeouts and
+# requests the provider's window ran out on.
+HEAL_CODES: tuple[int | str, ...] = (429, 500, 503, "timeout", "batch_expired")
+
+
+class HealConfig(_Model):
+    """Re-run a child's failed lines on other providers (`gateway.sharding`)."""
+
+    retry_failed_lines_on: tuple[str, ...] = Field(min_length=1)
+    # Runs of one line in all, the first included (2: one retry).
+    max_attempts: int = Field(2, ge=2, le=10)
+    # A line's `response.status_code`, or its `error.code` (`batch_expired`, `timeout`,
+    # `batch_failed` for every line of a child that failed as a whole).
+    codes: tuple[int | str, ...] = HEAL_CODES
+
+
 class Route(_Model):
     match: RouteMatch = RouteMatch()
-    to: tuple[Target, ...]
+    to: tuple[Target, ...] = ()
     fallback: tuple[str, ...] = ()
     webhook: str | None = None
+    shard: ShardConfig | None = None
+    heal: HealConfig | None = None
 
-    @field_validator("to", mode="before")
-    @classmethod
-    def _one_target(cls, value: Any) -> Any:
-        return [{"provider": value}] if isinstance(value, str) else value
+    _one_target = field_validator("to", mode="before")(_targets)
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> Route:
+        if not self.to and self.shard is None:
+            raise ValueError("a route needs `to:` or `shard:`")
+        if self.heal is not None and self.shard is None:
+            raise ValueError("`heal:` needs `shard:` (healed lines are merged into one result)")
+        return self
 
 
 class PriceConfig(_Model):
@@ -300,6 +351,16 @@ class Config(_Model):
     retrieve_cache_seconds: float = Field(0.0, ge=0)
     # Folder that relative paths were resolved against (the config file's own).
     base_dir: Path = Field(Path("."), exclude=True)
+
+    def upload_limits(self) -> tuple[int, int]:
+        """(bytes, lines) an upload may have: larger when some route shards."""
+        limits = self.limits
+        if any(route.shard for route in self.routes):
+            return (
+                max(limits.max_file_bytes, limits.max_shard_file_bytes),
+                max(limits.max_file_lines, limits.max_shard_file_lines),
+            )
+        return limits.max_file_bytes, limits.max_file_lines
 
 
 def interpolate(value: Any, missing: list[tuple[str, str]], path: str = "") -> Any:
@@ -414,8 +475,21 @@ def _check_references(config: Config, providers: dict[str, Any]) -> None:
         for j, name in enumerate(route.fallback):
             if name not in providers:
                 problems.append(f"routes.{i}.fallback.{j}: unknown provider {name!r}")
+        shard = route.shard.across if route.shard else ()
+        for j, target in enumerate(shard):
+            if target.provider not in providers:
+                problems.append(
+                    f"routes.{i}.shard.across.{j}: unknown provider {target.provider!r}"
+                )
+        for j, name in enumerate(route.heal.retry_failed_lines_on if route.heal else ()):
+            if name not in providers:
+                problems.append(
+                    f"routes.{i}.heal.retry_failed_lines_on.{j}: unknown provider {name!r}"
+                )
         if route.webhook is not None and route.webhook not in config.webhooks:
             problems.append(f"routes.{i}.webhook: unknown webhook {route.webhook!r}")
+    if SHARDED in providers:
+        problems.append(f"providers.{SHARDED}: the name is reserved for sharded batches")
     if config.default not in providers:
         problems.append(f"default: unknown provider {config.default!r}")
     for j, name in enumerate(config.default_fallback):

@@ -115,9 +115,12 @@ class CreateUseCases(BatchSync):
         file: FileRecord,
         request: BatchRequest,
         candidates: tuple[str, ...],
+        *,
+        keep: bool = False,
     ) -> UpstreamBatch:
         """Each candidate in turn; raises ProviderError only when no attempt may have made
-        a batch, and Unsettled when one may have."""
+        a batch, and Unsettled when one may have. A row no batch came of is deleted (the
+        client gets the error), or with `keep` marked failed (a sharded batch's child)."""
         last: ProviderError | None = None
         maybe_made = False
         for i, name in enumerate(candidates):
@@ -157,10 +160,11 @@ class CreateUseCases(BatchSync):
         assert last is not None
         if last.ambiguous:
             raise Unsettled(last.message)
-        if maybe_made:
+        if maybe_made or keep:
             # An earlier attempt's lookup found nothing, but the provider may still carry
             # it out: the row stays (failed), so the repair sweep cancels a late batch.
-            await self._fail(record, batch_error("upstream_unavailable", last.message))
+            code = "upstream_unavailable" if maybe_made else last.code or "upstream_error"
+            await self._fail(record, batch_error(code, last.message))
         else:
             await self.store.delete_batch(record.id)
         raise last
@@ -338,7 +342,9 @@ class CreateUseCases(BatchSync):
         if found is not None:
             await self._attach(record, found)
             log.warning("batch %s: create attached to its upstream batch", record.id)
-        elif record.owner is not None:
+        elif record.owner is not None and record.parent_id is None:
+            # A sharded batch's child is created again instead: its parent's client
+            # holds the parent's id, not the child's.
             await self._fail(record, INTERRUPTED)
             log.warning("batch %s: create interrupted by a stopped process", record.id)
         elif not await self._create_again(provider, record):

@@ -38,3 +38,15 @@ class ServiceEvents:
     def budget(self, key: str, used_usd: float, limit_usd: float) -> None:
         """A key's monthly spend (recorded plus committed) as last checked."""
         return None
+
+    def sharded(self, providers: Sequence[str], kind: str) -> None:
+        """A sharded batch got children (`kind`: "split" or "heal"), one per provider named."""
+        return None
+
+    def healed(self, from_provider: str, to_provider: str, sent: int, succeeded: int) -> None:
+        """Failed lines re-run elsewhere (`sent`), and how many of them succeeded there."""
+        return None
+
+    def failed_everywhere(self, lines: int) -> None:
+        """Lines of a sharded batch that ended failed after every attempt."""
+        return None

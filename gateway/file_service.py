@@ -13,6 +13,7 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 
 from gateway import ids
 from gateway.blobs import Blobs
@@ -30,7 +31,17 @@ from providers.context import BlobWriter
 
 log = logging.getLogger("gateway.files")
 
-BATCH_FILE_TTL = 30 * 86_400  # OpenAI's default expiry for purpose=batch uploads
+BATCH_FILE_TTL = 30 * 86_400
+# Says that a download is what a sharded batch still running has of its output so far.
+PARTIAL_HEADER = "X-Gateway-Partial"  # OpenAI's default expiry for purpose=batch uploads
+
+
+@dataclass(frozen=True, slots=True)
+class PartialContent:
+    """The part a sharded batch still running has of its merged output (an extension:
+    answered with `X-Gateway-Partial: true`)."""
+
+    stream: ByteStream
 
 
 def no_such(kind: str, object_id: str, param: str | None = None) -> NotFound:
@@ -57,9 +68,10 @@ class FileUseCases:
         """Stream an input file to a blob while validating it; all or nothing."""
         budget = await self._storage_budget(tenant)
         file_id = ids.new_file_id()
+        max_bytes, max_lines = self.config.upload_limits()
         validator = JSONLValidator(
-            max_bytes=self.limits.max_file_bytes,
-            max_lines=self.limits.max_file_lines,
+            max_bytes=max_bytes,
+            max_lines=max_lines,
             max_line_bytes=self.limits.max_line_bytes,
         )
         digest = hashlib.sha256()
@@ -156,12 +168,28 @@ class FileUseCases:
         if record.blob:
             await self.blobs.delete(record.blob)
 
-    async def open_content(self, tenant: str, file_id: str) -> FileRecord | ByteStream:
+    async def open_content(
+        self, tenant: str, file_id: str
+    ) -> FileRecord | ByteStream | PartialContent:
         """A record whose bytes are a blob of ours, or the provider's bytes as a stream
-        (a remote provider's result file rewritten into OpenAI lines as it passes)."""
+        (a remote provider's result file rewritten into OpenAI lines as it passes), or
+        what a sharded batch still running has of its merged output."""
         record = await self.get_file(tenant, file_id)
+        return await self._content(record)
+
+    async def open_bytes(self, record: FileRecord) -> ByteStream:
+        """A file's bytes as `open_content` gives them, for the gateway's own reading."""
+        opened = await self._content(record)
+        if isinstance(opened, FileRecord):
+            assert opened.blob is not None
+            return self.blobs.open(opened.blob)
+        return opened.stream if isinstance(opened, PartialContent) else opened
+
+    async def _content(self, record: FileRecord) -> FileRecord | ByteStream | PartialContent:
         if record.blob:
             return record
+        if record.provider is None and record.batch_id is not None:
+            return PartialContent(await self.partial_output(record))
         provider = self.providers.get(record.provider or "")
         if provider is None or record.upstream_id is None:
             raise InvalidRequest(
@@ -179,6 +207,9 @@ class FileUseCases:
             # file's `bytes` match what the client got once the download ends.
             return _kept_while_relayed(self, stream, record)
         return stream
+
+    async def partial_output(self, record: FileRecord) -> ByteStream:
+        raise NotImplementedError  # `gateway.sharding` fills it
 
     async def normalized_content(self, provider: Provider, record: FileRecord) -> ByteStream:
         """A remote provider's output/error file as OpenAI lines with gateway ids only.

@@ -30,6 +30,7 @@ from prometheus_client import (
 )
 
 from gateway import __version__
+from gateway.config import SHARDED
 from gateway.events import ServiceEvents
 from gateway.store.base import BatchRecord, UsageRow
 from providers.base import ALL_ENDPOINTS, BATCH_STATUSES, TERMINAL_STATUSES
@@ -154,6 +155,30 @@ BATCH_REQUESTS = Counter(
     "Requests inside batches that ended, by result",
     ["provider", "result"],
 )
+SHARD_CHILDREN = Histogram(
+    "gateway_shard_children_per_batch",
+    "Child batches per sharded batch when it is split",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128),
+)
+SHARD_CHILDREN_CREATED = Counter(
+    "gateway_shard_children_total",
+    "Child batches of sharded batches, by provider and kind (split or heal)",
+    ["provider", "kind"],
+)
+HEAL_LINES = Counter(
+    "gateway_heal_lines_total",
+    "Failed lines of sharded batches re-run on another provider",
+    ["from_provider", "to_provider"],
+)
+HEALED_LINES = Counter(
+    "gateway_healed_lines_total",
+    "Re-run lines that succeeded on the provider they were re-run on",
+    ["from_provider", "to_provider"],
+)
+FAILED_EVERYWHERE = Counter(
+    "gateway_shard_failed_lines_total",
+    "Lines of sharded batches that failed on every provider they were tried on",
+)
 FILE_BYTES = Counter("gateway_file_bytes_total", "File bytes through the gateway", ["direction"])
 ROUTING = Counter(
     "gateway_routing_decisions_total",
@@ -246,8 +271,9 @@ class BatchMetrics(ServiceEvents):
         status = record.status
         BATCHES_TERMINAL.labels(record.provider, status).inc()
         counts = record.object.get("request_counts") or {}
-        BATCH_REQUESTS.labels(record.provider, "completed").inc(counts.get("completed", 0))
-        BATCH_REQUESTS.labels(record.provider, "failed").inc(counts.get("failed", 0))
+        if record.provider != SHARDED:  # a sharded batch's requests count in its children
+            BATCH_REQUESTS.labels(record.provider, "completed").inc(counts.get("completed", 0))
+            BATCH_REQUESTS.labels(record.provider, "failed").inc(counts.get("failed", 0))
         if status == "completed":
             ended = record.object.get("completed_at") or int(time.time())
             BATCH_COMPLETION.labels(record.provider).observe(max(0, ended - record.created_at))
@@ -278,6 +304,19 @@ class BatchMetrics(ServiceEvents):
     def budget(self, key: str, used_usd: float, limit_usd: float) -> None:
         BUDGET_USED.labels(key).set(used_usd)
         BUDGET_LIMIT.labels(key).set(limit_usd)
+
+    def sharded(self, providers: Sequence[str], kind: str) -> None:
+        if kind == "split":
+            SHARD_CHILDREN.observe(len(providers))
+        for provider in providers:
+            SHARD_CHILDREN_CREATED.labels(provider, kind).inc()
+
+    def healed(self, from_provider: str, to_provider: str, sent: int, succeeded: int) -> None:
+        HEAL_LINES.labels(from_provider, to_provider).inc(sent)
+        HEALED_LINES.labels(from_provider, to_provider).inc(succeeded)
+
+    def failed_everywhere(self, lines: int) -> None:
+        FAILED_EVERYWHERE.inc(lines)
 
 
 _seen_batch_labels: set[tuple[str, str]] = set()

@@ -22,7 +22,7 @@ import time
 from contextlib import suppress
 
 from gateway import idempotency, metrics
-from gateway.config import PollerConfig
+from gateway.config import SHARDED, PollerConfig
 from gateway.repair import Repairer
 from gateway.retention import Retention
 from gateway.service import GatewayService
@@ -67,7 +67,9 @@ class Poller:
     async def _poll(self, record: BatchRecord, limit: asyncio.Semaphore) -> None:
         try:
             async with limit:
-                if record.status not in TERMINAL_STATUSES:
+                if record.provider == SHARDED:
+                    await self.service.advance_shard(record)
+                elif record.status not in TERMINAL_STATUSES:
                     await self.service.refresh(record)
         except Exception as exc:  # one batch must not stop the sweep
             log.error("poller: refresh of %s failed: %s", record.id, type(exc).__name__)
@@ -79,7 +81,7 @@ class Poller:
         """Refresh every due batch of one provider; returns how many were refreshed."""
         limit = asyncio.Semaphore(self.config.concurrency_per_provider)
         total = 0
-        while name in self.service.providers:
+        while self._polled(name):
             claimed = await self.service.store.claim_active_batches(
                 self.owner, self._claim_size, self.config.lease_seconds, time.time(), name
             )
@@ -89,9 +91,14 @@ class Poller:
                 break
         return total
 
+    def _polled(self, name: str) -> bool:
+        """Providers' batches, and sharded batches (advanced, not asked about)."""
+        return name == SHARDED or name in self.service.providers
+
     async def sweep_once(self) -> int:
         """One sweep of every provider at once (tests and benchmarks call this)."""
-        counts = await asyncio.gather(*(self.sweep_provider(n) for n in self.service.providers))
+        names = [*self.service.providers, SHARDED]
+        counts = await asyncio.gather(*(self.sweep_provider(n) for n in names))
         return sum(counts)
 
     def _pause(self) -> float:
@@ -101,7 +108,7 @@ class Poller:
     async def _provider_loop(self, name: str) -> None:
         # Batches fall due at their own times; look for due ones a few times an interval.
         tick = min(1.0, self.config.interval_seconds / 4)
-        while name in self.service.providers:
+        while self._polled(name):
             try:
                 await self.sweep_provider(name)
             except Exception as exc:  # one bad sweep must not stop the loop
@@ -125,7 +132,7 @@ class Poller:
         """Supervise provider loops (providers may change on reload) and housekeeping."""
         gauges_due = 0.0
         while True:
-            for name in self.service.providers:
+            for name in [*self.service.providers, SHARDED]:
                 task = self._loops.get(name)
                 if task is None or task.done():
                     self._loops[name] = asyncio.create_task(self._provider_loop(name))

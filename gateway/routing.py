@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Protocol
 
-from gateway.config import Config, Route, Target
+from gateway.config import Config, HealConfig, Route, Target
 from gateway.errors import InvalidRequest, PermissionDenied, UpstreamError
 
 PROVIDER_HEADER = "X-Batch-Provider"
@@ -48,10 +48,23 @@ class RouteRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Sharding:
+    """A sharding rule's usable providers (`across` by weight; heal targets in order)."""
+
+    across: tuple[Target, ...]
+    max_lines: int | None
+    max_bytes: int | None
+    heal: HealConfig | None
+    heal_on: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     providers: tuple[str, ...]  # first choice, then fallbacks in order
     rule: str  # "routes[0]" or "default", for logs and metrics
     webhook: str | None = None
+    # Set when the rule shards: `providers` are then the usable `across` providers.
+    sharding: Sharding | None = None
 
 
 def matches(route: Route, request: RouteRequest) -> bool:
@@ -127,6 +140,11 @@ class Router:
         for i, route in enumerate(self._config.routes):
             if not matches(route, request):
                 continue
+            if route.shard is not None:
+                if candidates := permitted(t.provider for t in route.shard.across):
+                    decision = self._decide(candidates, f"routes[{i}]", route.webhook)
+                    return self._sharded(decision, route, request)
+                continue
             names = [*weighted_order(route.to, self._rng), *route.fallback]
             if candidates := permitted(names):
                 return self._decide(candidates, f"routes[{i}]", route.webhook)
@@ -153,6 +171,26 @@ class Router:
             raise err
         return Decision(closed, rule, webhook)
 
+    def _sharded(self, decision: Decision, route: Route, request: RouteRequest) -> Decision:
+        assert route.shard is not None
+        shard, heal = route.shard, route.heal
+        ok = set(decision.providers)
+        heal_on: tuple[str, ...] = ()
+        if heal is not None:
+            heal_on = tuple(
+                n
+                for n in heal.retry_failed_lines_on
+                if self.usable(n, request.endpoint) and request.may_use(n)
+            )
+        sharding = Sharding(
+            across=tuple(t for t in shard.across if t.provider in ok),
+            max_lines=shard.max_lines,
+            max_bytes=shard.max_bytes,
+            heal=heal if heal_on else None,
+            heal_on=heal_on,
+        )
+        return Decision(decision.providers, decision.rule, decision.webhook, sharding)
+
     def table(self) -> list[str]:
         """Human-readable routing table, without secrets, for `check-config`."""
         lines = []
@@ -166,11 +204,16 @@ class Router:
                 f"metadata={dict(m.metadata)}" if m.metadata else "",
             ]
             cond = " ".join(p for p in parts if p) or "*"
+            to = route.shard.across if route.shard else route.to
             targets = ", ".join(
                 f"{t.provider}{self._state(t.provider)}"
-                + (f" (weight {t.weight:g})" if len(route.to) > 1 else "")
-                for t in route.to
+                + (f" (weight {t.weight:g})" if len(to) > 1 else "")
+                for t in to
             )
+            if route.shard:
+                targets = f"shard across {targets}"
+                if route.heal:
+                    targets += " heal on " + ", ".join(route.heal.retry_failed_lines_on)
             line = f"routes[{i}]  {cond}  ->  {targets}"
             if route.fallback:
                 line += "  fallback: " + ", ".join(f + self._state(f) for f in route.fallback)

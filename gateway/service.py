@@ -27,14 +27,16 @@ from gateway.batch_sync import (
     Location,
 )
 from gateway.blobs import Blobs
-from gateway.config import Config, KeyConfig
-from gateway.creates import CreateUseCases, KeyedLocks, Unsettled
+from gateway.config import SHARDED, Config, KeyConfig
+from gateway.creates import KeyedLocks, Unsettled
 from gateway.errors import InvalidRequest, QuotaExceeded
 from gateway.estimate import input_tokens
 from gateway.events import ServiceEvents
-from gateway.file_service import FileUseCases, no_such
+from gateway.file_service import no_such
 from gateway.pricing import Pricing, estimated_cost, month_start
 from gateway.routing import Router, RouteRequest
+from gateway.shard_plan import refuse_oversized
+from gateway.sharding import ShardUseCases
 from gateway.store import BatchRecord, FileRecord, Page, Store
 from gateway.store.base import UnknownCursor
 from gateway.wire import CreateBatchBody, new_batch_object
@@ -51,7 +53,7 @@ log = logging.getLogger("gateway.service")
 OVERLAP_BELOW = 4
 
 
-class GatewayService(CreateUseCases, FileUseCases, BatchSync):
+class GatewayService(ShardUseCases, BatchSync):
     def __init__(
         self,
         store: Store,
@@ -66,6 +68,7 @@ class GatewayService(CreateUseCases, FileUseCases, BatchSync):
         # The process instance (`gateway.instance`) that owns this service's pending creates.
         self.instance_id = instance_id
         self._settle_after: dict[str, float] = {}
+        self._starting: set[str] = set()
         self._uploading = KeyedLocks()
         self._settling = asyncio.Lock()
         self.store = store
@@ -123,6 +126,8 @@ class GatewayService(CreateUseCases, FileUseCases, BatchSync):
                 allowed=allowed,
             )
         )
+        if decision.sharding is None:
+            refuse_oversized(file, self.limits.max_file_lines, self.limits.max_file_bytes)
         now = int(time.time())
         model = file.models[0] if len(file.models) == 1 else None
         batch_id = ids.new_batch_id()
@@ -150,9 +155,16 @@ class GatewayService(CreateUseCases, FileUseCases, BatchSync):
         async with self._admission[tenant]:
             await self._check_active_quota(key)
             estimate = await self._check_budget(key, decision.providers[0], file)
-            await self.store.insert_batch(record)
+            if decision.sharding is not None:
+                await self.create_sharded(record, file, decision.sharding)
+            else:
+                await self.store.insert_batch(record)
             if estimate:
                 await self.store.put_estimate(batch_id, tenant, estimate, now)
+        if decision.sharding is not None:
+            self.events.routed(decision.rule, record.provider)
+            log.info("batch %s created, sharded (%s)", record.id, decision.rule)
+            return record.object
         try:
             upstream = await self._create_upstream(record, file, request, decision.providers)
         except Unsettled:
@@ -203,6 +215,8 @@ class GatewayService(CreateUseCases, FileUseCases, BatchSync):
             return BatchView(record.object, body=body)
         if record.pending or fresh or record.status in TERMINAL_STATUSES:
             return BatchView(record.object)
+        if record.provider == SHARDED:
+            return BatchView(await self.shard_view(record))
         return await self.refresh(record)
 
     async def list_batches(
@@ -222,6 +236,8 @@ class GatewayService(CreateUseCases, FileUseCases, BatchSync):
                 f"Cannot cancel a batch with status '{record.status}'.",
                 code="batch_not_cancellable",
             )
+        if record.provider == SHARDED:
+            return await self.cancel_sharded(record)
         if record.pending or record.upstream_id is None:
             raise InvalidRequest(
                 "The batch is still being created; retry shortly.", code="batch_pending"

@@ -28,7 +28,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import orjson
 from aiohttp.payload import AsyncIterablePayload
@@ -385,6 +385,9 @@ class AnthropicProvider(StoredFileMethods, HTTPProvider):
 
 class AnthropicProviderConfig(RemoteConfig):
     """Anthropic Message Batches; runs `/v1/chat/completions` batches only."""
+
+    # Message Batches: 100,000 requests or 256 MB.
+    batch_limits: ClassVar[tuple[int, int]] = (100_000, 256 * 1000 * 1000)
 
     type: Literal["anthropic"]
     endpoints: tuple[Literal["/v1/chat/completions"], ...] | None = ("/v1/chat/completions",)

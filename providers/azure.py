@@ -53,7 +53,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlencode
 
 import orjson
@@ -367,6 +367,9 @@ class AzureProvider(OpenAICompatProvider):
 
 class AzureProviderConfig(RemoteConfig):
     """Azure OpenAI Batch: `base_url` is the resource endpoint."""
+
+    # Azure OpenAI global batch: 100,000 requests per file, 200 MB.
+    batch_limits: ClassVar[tuple[int, int]] = (100_000, 200 * 1024 * 1024)
 
     type: Literal["azure"]
     api_style: ApiStyle = "classic"

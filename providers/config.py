@@ -58,8 +58,15 @@ class ProviderConfig(_Model):
     # "optional" only when it names an unset variable (`${VAR:-}` says "no key").
     key_policy: ClassVar[Literal["required", "optional", "none"]] = "none"
 
+    # The most lines and bytes one batch may have at this provider type, as its docs say
+    # (OpenAI's 50,000 requests and 200 MB unless a type says otherwise); a sharded batch
+    # is cut into children that fit (`max_batch_lines` / `max_batch_bytes` override it).
+    batch_limits: ClassVar[tuple[int, int]] = (50_000, 200 * 1024 * 1024)
+
     type: str
     endpoints: tuple[Endpoint, ...] | None = None
+    max_batch_lines: int | None = Field(None, ge=1)
+    max_batch_bytes: int | None = Field(None, ge=1024)
     connect_timeout_seconds: float = Field(10.0, gt=0)
     read_timeout_seconds: float = Field(60.0, gt=0)
     max_retries: int = Field(2, ge=0)
@@ -103,6 +110,11 @@ class ProviderConfig(_Model):
         if self.ca_file is not None and not self.tls_verify:
             raise ValueError("set ca_file or tls_verify: false, not both")
         return self
+
+    def limits(self) -> tuple[int, int]:
+        """(lines, bytes) one batch may have here."""
+        lines, size = self.batch_limits
+        return self.max_batch_lines or lines, self.max_batch_bytes or size
 
     def key_missing(self) -> bool:
         """A key this provider cannot work without is not set (the loader disables it)."""

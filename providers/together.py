@@ -43,7 +43,7 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import aiohttp
 import orjson
@@ -391,6 +391,9 @@ class TogetherProvider(HTTPProvider):
 
 class TogetherProviderConfig(RemoteConfig):
     """Together AI: `api_key` (required) and, if not the public API, `base_url`."""
+
+    # Together: 50,000 requests, 100 MB per batch file.
+    batch_limits: ClassVar[tuple[int, int]] = (50_000, 100 * 1024 * 1024)
 
     type: Literal["together"]
     base_url: HttpUrl = "https://api.together.xyz/v1"

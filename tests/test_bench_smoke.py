@@ -9,7 +9,8 @@ from pathlib import Path
 import orjson
 
 from bench.cases import ROWS
-from bench.staging import RETRIEVE, STAGING_ROWS
+from bench.run import QUICK
+from bench.staging import RETRIEVE, SHARD_MERGE, STAGING_ROWS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,7 +33,7 @@ def test_quick_bench_runs_and_prints_every_row(tmp_path: Path) -> None:
     [workers] = [r for r in results["rows"] if r["name"] == ROWS[4]]
     assert "wrk client" in workers["measured"], workers
     assert workers["data"]["one_process"]["requests"] > 0
-    # Items 9-11 measure for real even at --quick sizes: a time and a peak RSS growth each
+    # Items 9-12 measure for real even at --quick sizes: a time and a peak RSS growth each
     # (the bedrock and vertex rows through the adapters, on moto and the GCS emulator).
     for name in STAGING_ROWS:
         [row] = [r for r in results["rows"] if r["name"].startswith(name)]
@@ -41,3 +42,8 @@ def test_quick_bench_runs_and_prints_every_row(tmp_path: Path) -> None:
             continue
         assert row["data"]["ours"]["seconds"] > 0, row
         assert "growth_kb" in row["data"]["ours"] and "peak RSS" in row["measured"], row
+    # Item 12's merge gives every input line exactly one result line.
+    [merge] = [r for r in results["rows"] if r["name"].startswith(SHARD_MERGE)]
+    merged = merge["data"]["ours"]
+    assert merged["completed"] + merged["failed"] == QUICK.shard_lines, merged
+    assert merged["expired"] > 0, merged

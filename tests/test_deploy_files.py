@@ -132,6 +132,11 @@ def test_dashboard_covers_what_operators_asked_for() -> None:
         "gateway_batch_requests_total",
         "gateway_batch_completion_seconds_bucket",
         "gateway_upstream_repairs_total",
+        "gateway_shard_children_per_batch_bucket",
+        "gateway_shard_children_total",
+        "gateway_heal_lines_total",
+        "gateway_healed_lines_total",
+        "gateway_shard_failed_lines_total",
     ):
         assert metric in exprs, metric
 

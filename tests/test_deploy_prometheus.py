@@ -55,7 +55,11 @@ SEEN_IN_PANELS = {
     "Batches ended / s by status [A]": {"provider": "flaky", "status": "completed"},
     "Requests completed / s [A]": {"provider": "sandbox", "result": "failed"},
     "File bytes / s [A]": {"direction": "download"},
+    "Child batches created / s by provider and kind [A]": {"provider": "sandbox", "kind": "split"},
+    "Lines re-run and healed / s [A]": {"from_provider": "sandbox", "to_provider": "flaky"},
+    "Lines re-run and healed / s [B]": {"from_provider": "sandbox", "to_provider": "flaky"},
 }
+SHARDED = {"shard": "yes"}
 
 
 def free_port() -> int:
@@ -93,7 +97,11 @@ def render_prometheus_config(directory: Path, target: str) -> Path:
 
 
 def gateway_config(directory: Path, port: int, upstream_url: str) -> Path:
-    """Sandbox at full speed, plus `flaky` (the fake upstream) that falls back to the sandbox."""
+    """Sandbox at full speed, plus `flaky` (the fake upstream) that falls back to the sandbox,
+    and a route that shards over the sandbox and `sandbox2` and heals on `flaky`."""
+    instant = dict.fromkeys(
+        ("validate_seconds", "line_seconds", "finalize_seconds", "cancel_seconds"), 0
+    )
     config = {
         "server": {"host": "127.0.0.1", "port": port},
         "store": {"url": "sqlite:///./gateway.db"},
@@ -108,12 +116,13 @@ def gateway_config(directory: Path, port: int, upstream_url: str) -> Path:
         "pricing": {"flaky": {"gpt-4o-mini": {"input": 0.15, "output": 0.6}}},
         "usage": {"sweep_seconds": 0.5},
         "providers": {
-            "sandbox": {
+            "sandbox": {"type": "sandbox", "dir": "./sandbox", **instant},
+            # Two lines a batch: the sharded batch is cut to fit, into several children.
+            "sandbox2": {
                 "type": "sandbox",
-                "dir": "./sandbox",
-                **dict.fromkeys(
-                    ("validate_seconds", "line_seconds", "finalize_seconds", "cancel_seconds"), 0
-                ),
+                "dir": "./sandbox2",
+                "max_batch_lines": 2,
+                **instant,
             },
             "flaky": {
                 "type": "openai",
@@ -125,7 +134,14 @@ def gateway_config(directory: Path, port: int, upstream_url: str) -> Path:
             },
         },
         "routes": [
-            {"match": {"metadata": {"team": "research"}}, "to": "flaky", "fallback": ["sandbox"]}
+            {"match": {"metadata": {"team": "research"}}, "to": "flaky", "fallback": ["sandbox"]},
+            {
+                "match": {"metadata": SHARDED},
+                "shard": {"across": ["sandbox", "sandbox2"]},
+                # The sandbox fails lines only with 400 or 404: heal those here, so that
+                # lines are re-run on `flaky`, and healed there or failed on both.
+                "heal": {"retry_failed_lines_on": ["flaky"], "codes": [400]},
+            },
         ],
         "default": "sandbox",
         "poller": {"interval_seconds": 0.5, "jitter": 0, "webhook_interval_seconds": 0.2},
@@ -200,7 +216,8 @@ async def wait_terminal(client: openai.AsyncOpenAI, batch_id: str) -> Any:
 async def workload_round(client: openai.AsyncOpenAI, upstream: FakeOpenAIState) -> None:
     """Sandbox batches to completion, one on `flaky`, one create that falls back, a 404,
     an upload and downloads. One line fails on each provider (the sandbox refuses a chat
-    without messages, the fake upstream fails FAIL_MODEL), so request counts have failures."""
+    without messages, the fake upstream fails FAIL_MODEL), so request counts have failures.
+    Then a sharded batch (`sharded_round`)."""
     lines = [
         *(chat_line(i) for i in range(3)),
         chat_line(3, body={"model": "gpt-4o-mini"}),
@@ -230,6 +247,29 @@ async def workload_round(client: openai.AsyncOpenAI, upstream: FakeOpenAIState) 
     for batch in (done[0], done[2]):  # from the sandbox and from the fake upstream
         content = await client.files.content(batch.output_file_id)
         assert content.content.count(b"\n") == 4
+    # After the fallback: a heal child's create on `flaky` must not meet its 429s.
+    await sharded_round(client)
+
+
+async def sharded_round(client: openai.AsyncOpenAI) -> None:
+    """A batch cut into children of two lines over both sandboxes. Two lines fail there
+    (no messages): one is healed on `flaky`, the other (FAIL_MODEL) fails there too."""
+    lines = [
+        *(chat_line(i) for i in range(4)),
+        chat_line(4, body={"model": "gpt-4o-mini"}),
+        chat_line(5, body={"model": FAIL_MODEL}),
+    ]
+    upload = await client.files.create(file=("in.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
+    batch = await client.batches.create(
+        input_file_id=upload.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata=SHARDED,
+    )
+    done = await wait_terminal(client, batch.id)
+    assert done.status == "completed", done
+    assert done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (5, 1), done
 
 
 # One process (the image's default), and `--workers 2` (prometheus-client's multiprocess mode).
@@ -313,12 +353,17 @@ async def test_every_dashboard_query_and_alert_rule_works_on_real_metrics(
             float(r["value"][1]) for r in results[title] if labels.items() <= r["metric"].items()
         ]
         assert rates and rates[0] > 0, (title, labels, results[title])
+    # Each round's sharded batch: six lines in children of two, one line failed everywhere.
+    (average,) = results["Children per sharded batch (1h) [A]"]
+    assert math.isclose(float(average["value"][1]), 3), average
+    (failed,) = results["Lines failed on every provider, per hour [A]"]
+    assert float(failed["value"][1]) > 0, failed
 
     # The provider variable lists every configured provider.
     providers = await prom.api(
         "label/provider/values", **{"match[]": "gateway_circuit_breaker_state"}
     )
-    assert set(providers) == {"sandbox", "flaky"}
+    assert set(providers) == {"sandbox", "sandbox2", "flaky"}
 
     # Every metric the alerts and the dashboard name is one the gateway really exports,
     # which promtool's unit tests (on synthetic series) cannot tell.

@@ -23,6 +23,7 @@ from gateway.api import (
 from gateway.auth import tenant_of
 from gateway.blobs import mapped
 from gateway.errors import InvalidRequest, PayloadTooLarge, UnsupportedMedia
+from gateway.file_service import PARTIAL_HEADER, PartialContent
 from gateway.store import FileRecord
 from gateway.wire import (
     FILE_PURPOSES,
@@ -258,7 +259,10 @@ async def content(request: web.Request) -> web.StreamResponse:
     source = await svc.open_content(tenant_of(request), request.match_info["file_id"])
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     stream: AbstractAsyncContextManager[AsyncIterator[bytes | memoryview]]
-    if isinstance(source, FileRecord):
+    if isinstance(source, PartialContent):
+        response.headers[PARTIAL_HEADER] = "true"
+        stream = source.stream
+    elif isinstance(source, FileRecord):
         assert source.blob is not None
         response.content_length = source.bytes
         path = svc.blobs.local_path(source.blob)

@@ -52,6 +52,8 @@ class BatchRecord:
     owner: str | None = None
     # Background settling rounds so far (creates handed over after an unknown outcome).
     settle_attempts: int = 0
+    # A sharded batch's child: the parent batch the client holds (`gateway.sharding`).
+    parent_id: str | None = None
 
     @property
     def status(self) -> str:
@@ -79,6 +81,20 @@ class UsageRow:
     price: dict[str, Any] | None = None
     accounted_at: int | None = None
     batch_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRow:
+    """A child's place in its sharded parent (see migration 0012)."""
+
+    child_id: str
+    parent_id: str
+    position: int
+    # 1: a slice of the parent's input; 2 and later: a heal of the child named in `heals`.
+    attempt: int
+    lines: int
+    heals: str | None = None
+    examined: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +188,24 @@ class UsageMethods(Protocol):
     ) -> list[dict[str, Any]]: ...
 
 
-class Store(RetentionMethods, ProviderStateMethods, UsageMethods, Protocol):
+class ShardMethods(Protocol):
+    """Sharded batches' children (`gateway.store.shards`)."""
+
+    async def add_children(
+        self, files: Sequence[FileRecord], batches: Sequence[BatchRecord], rows: Sequence[ShardRow]
+    ) -> bool:
+        """Insert children with their input files in one transaction; False (and nothing
+        written) when one of them, or a heal of the same child, exists already."""
+        ...
+
+    async def shard_children(self, parent_id: str) -> list[tuple[ShardRow, BatchRecord]]:
+        """A parent's children in (position, attempt) order."""
+        ...
+
+    async def mark_examined(self, child_id: str) -> None: ...
+
+
+class Store(RetentionMethods, ProviderStateMethods, UsageMethods, ShardMethods, Protocol):
     """Everything the gateway persists; SQLite and PostgreSQL implement it alike."""
 
     async def close(self) -> None: ...

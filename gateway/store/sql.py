@@ -25,15 +25,19 @@ from gateway.store.retention import RetentionStore
 from gateway.store.rows import (
     BATCH_COLS,
     FILE_COLS,
+    NOT_CHILDS,
     NOT_TERMINAL,
     batch_from_row,
     file_from_row,
+    insert_batch_row,
+    insert_file_row,
     to_json,
 )
+from gateway.store.shards import ShardStore
 from gateway.store.usage import UsageStore
 
 
-class SQLStore(IdempotencyStore, RetentionStore, ProviderStateStore, UsageStore, ABC):
+class SQLStore(IdempotencyStore, RetentionStore, ProviderStateStore, UsageStore, ShardStore, ABC):
     """Every Store method, over whatever connections a backend provides."""
 
     dialect: ClassVar[str]
@@ -74,30 +78,8 @@ class SQLStore(IdempotencyStore, RetentionStore, ProviderStateStore, UsageStore,
     # files
 
     async def insert_file(self, record: FileRecord) -> str:
-        # Two refreshes of one batch (a poll and a cancel) may both meet a new provider
-        # file: the first row wins, and the no-op update makes RETURNING name it.
         async with self._write() as db:
-            rows = await db.fetch(
-                f"INSERT INTO files ({FILE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT (provider, upstream_id) WHERE upstream_id IS NOT NULL"
-                " DO UPDATE SET upstream_id = excluded.upstream_id RETURNING id",
-                record.id,
-                record.tenant,
-                record.purpose,
-                record.filename,
-                record.bytes,
-                record.created_at,
-                record.expires_at,
-                record.sha256,
-                record.line_count,
-                record.endpoint,
-                to_json(list(record.models)),
-                record.blob,
-                record.provider,
-                record.upstream_id,
-                record.batch_id,
-            )
-        return str(rows[0][0])
+            return await insert_file_row(db, record)
 
     async def get_file(self, file_id: str, tenant: str | None = None) -> FileRecord | None:
         sql = f"SELECT {FILE_COLS} FROM files WHERE id = ?"
@@ -122,7 +104,7 @@ class SQLStore(IdempotencyStore, RetentionStore, ProviderStateStore, UsageStore,
         self, tenant: str, *, purpose: str | None, after: str | None, limit: int, order: str
     ) -> Page[FileRecord]:
         # Expired files are gone for clients even before the sweeper removes them.
-        where = "tenant = ? AND (expires_at IS NULL OR expires_at > ?)"
+        where = f"tenant = ? AND (expires_at IS NULL OR expires_at > ?) AND {NOT_CHILDS}"
         args = list[Any]([tenant, int(time.time())])
         if purpose:
             where += " AND purpose = ?"
@@ -188,22 +170,7 @@ class SQLStore(IdempotencyStore, RetentionStore, ProviderStateStore, UsageStore,
 
     async def insert_batch(self, record: BatchRecord) -> None:
         async with self._write() as db:
-            await db.execute(
-                f"INSERT INTO batches ({BATCH_COLS}, status) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                record.id,
-                record.tenant,
-                record.provider,
-                record.input_file_id,
-                record.created_at,
-                to_json(record.object),
-                record.upstream_id,
-                record.pending,
-                record.output_ttl,
-                record.webhook,
-                record.owner,
-                record.settle_attempts,
-                record.status,
-            )
+            await insert_batch_row(db, record)
 
     async def update_batch(self, record: BatchRecord, *, event: bytes | None = None) -> bool:
         # A terminal row is final. A writer holding an older view (a retrieve or a cancel
@@ -247,8 +214,8 @@ class SQLStore(IdempotencyStore, RetentionStore, ProviderStateStore, UsageStore,
     async def get_batch(self, batch_id: str, tenant: str | None = None) -> BatchRecord | None:
         sql = f"SELECT {BATCH_COLS} FROM batches WHERE id = ?"
         args: tuple[Any, ...] = (batch_id,)
-        if tenant is not None:
-            sql += " AND tenant = ?"
+        if tenant is not None:  # a tenant never sees a sharded batch's children
+            sql += " AND tenant = ? AND parent_id IS NULL"
             args += (tenant,)
         async with self._read() as db:
             rows = await db.fetch(sql, *args)
@@ -257,7 +224,8 @@ class SQLStore(IdempotencyStore, RetentionStore, ProviderStateStore, UsageStore,
     async def list_batches(
         self, tenant: str, *, after: str | None, limit: int
     ) -> Page[BatchRecord]:
-        where, args = "tenant = ?", list[Any]([tenant])
+        # A sharded batch's children are the gateway's, not the tenant's.
+        where, args = "tenant = ? AND parent_id IS NULL", list[Any]([tenant])
         async with self._read() as db:
             if after is not None:
                 where += " AND seq < ?"
@@ -301,7 +269,9 @@ class SQLStore(IdempotencyStore, RetentionStore, ProviderStateStore, UsageStore,
     async def count_active_batches(self, tenant: str) -> int:
         async with self._conn() as db:
             rows = await db.fetch(
-                f"SELECT count(*) FROM batches WHERE tenant = ? AND {NOT_TERMINAL}", tenant
+                f"SELECT count(*) FROM batches WHERE tenant = ? AND {NOT_TERMINAL}"
+                " AND parent_id IS NULL",
+                tenant,
             )
         return int(rows[0][0])
 
@@ -309,7 +279,7 @@ class SQLStore(IdempotencyStore, RetentionStore, ProviderStateStore, UsageStore,
         async with self._conn() as db:
             rows = await db.fetch(
                 "SELECT coalesce(sum(bytes), 0) FROM files"
-                " WHERE tenant = ? AND purpose = 'batch' AND blob IS NOT NULL",
+                f" WHERE tenant = ? AND purpose = 'batch' AND blob IS NOT NULL AND {NOT_CHILDS}",
                 tenant,
             )
         return int(rows[0][0])  # PostgreSQL's sum() of bigint is a numeric

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -46,6 +46,9 @@ class BedrockProviderConfig(ProviderConfig):
     limits are `min_records` (100) and `max_records` (50,000); check your account's
     quotas ("Minimum/Maximum number of records per batch inference job").
     """
+
+    # Bedrock quotas: 50,000 records per job, 1 GB per input file.
+    batch_limits: ClassVar[tuple[int, int]] = (50_000, 1024 * 1024 * 1024)
 
     type: Literal["bedrock"]
     endpoints: tuple[Literal["/v1/chat/completions", "/v1/embeddings"], ...] | None = (

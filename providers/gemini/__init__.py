@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import orjson
@@ -386,6 +386,9 @@ def _split(upstream_file_id: str) -> tuple[str, str | None]:
 class GeminiProviderConfig(RemoteConfig):
     """The Gemini API's Batch Mode: `/v1/chat/completions`, and `/v1/embeddings` through
     asyncBatchEmbedContent (experimental in the SDK)."""
+
+    # Gemini Batch API: input files up to 2 GB.
+    batch_limits: ClassVar[tuple[int, int]] = (1_000_000, 2 * 1024 * 1024 * 1024)
 
     type: Literal["gemini"]
     endpoints: tuple[Literal["/v1/chat/completions", "/v1/embeddings"], ...] | None = (

@@ -44,7 +44,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import orjson
 
@@ -409,6 +409,9 @@ class MistralProvider(OpenAICompatProvider):
 
 class MistralProviderConfig(RemoteConfig):
     """Mistral's Batch API; `mixed_models` says what a file naming several models gets."""
+
+    # Mistral: 1,000,000 requests per batch, 512 MB per uploaded file.
+    batch_limits: ClassVar[tuple[int, int]] = (1_000_000, 512 * 1024 * 1024)
 
     type: Literal["mistral"]
     base_url: HttpUrl = "https://api.mistral.ai/v1"

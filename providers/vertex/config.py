@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -48,6 +48,9 @@ class VertexProviderConfig(ProviderConfig):
     `credentials_file` names a service account key (or authorized_user file). The staging
     buckets must be in the job's region (`location`).
     """
+
+    # Vertex AI Gemini batch prediction: 200,000 requests, 1 GB input.
+    batch_limits: ClassVar[tuple[int, int]] = (200_000, 1024 * 1024 * 1024)
 
     type: Literal["vertex"]
     endpoints: tuple[Literal["/v1/chat/completions", "/v1/embeddings"], ...] | None = (

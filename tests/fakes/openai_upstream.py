@@ -29,6 +29,7 @@ import asyncio
 import json
 import secrets
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -80,6 +81,16 @@ class FakeOpenAIState(FaultState):
     in_flight_by_path: dict[str, int] = field(default_factory=dict)
     peak_by_path: dict[str, int] = field(default_factory=dict)
     started_by_path: dict[str, list[float]] = field(default_factory=dict)
+    # OpenAI's documented limit: a batch of more requests fails validation.
+    max_lines: int = 50_000
+    # Share of lines (picked by a hash of the custom_id, so the same ones every time) that
+    # get a 500 `server_error` response, as OpenAI's error file shows an overloaded model.
+    server_error_rate: float = 0.0
+    # Batches end `expired` at the finalizing step: the first `expire_after` lines ran,
+    # the rest are `batch_expired` error lines (OpenAI's docs on the completion window).
+    expire_after: int | None = None
+    # While set, batches stay in_progress (a slow provider, for tests that act meanwhile).
+    hold: bool = False
 
 
 UPSTREAM = web.AppKey("upstream", FakeOpenAIState)
@@ -389,6 +400,9 @@ def _parse_lines(state: FakeOpenAIState, batch: Json) -> tuple[list[Json], list[
             lines.append(line)
     if not lines and not errors:
         errors.append(_batch_error("empty_file", "The input file has no requests", None, None))
+    if len(lines) > state.max_lines:
+        msg = f"The batch input file is larger than the {state.max_lines} maximum requests."
+        errors.append(_batch_error("too_many_requests", msg, None, None))
     return lines, errors
 
 
@@ -433,6 +447,13 @@ def _finish(state: FakeOpenAIState, batch: Json) -> None:
     llama = state.flavor == "llama_stack"
     for number, line in enumerate(batch["_lines"], start=1):
         model, custom_id = line["body"].get("model", "gpt-4o-mini"), line.get("custom_id")
+        if state.expire_after is not None and number > state.expire_after:
+            failed.append(_expired_line(custom_id))
+            continue
+        if _server_error(state, custom_id):
+            msg = "The server had an error while processing your request. Sorry about that!"
+            failed.append(_result_line(custom_id, 500, envelope(msg, "server_error", None, None)))
+            continue
         if model == FAIL_MODEL:
             if llama:
                 failed.append(_llama_stack_line(batch["id"], number, custom_id, None))
@@ -472,6 +493,21 @@ def _finish(state: FakeOpenAIState, batch: Json) -> None:
     }
 
 
+def _server_error(state: FakeOpenAIState, custom_id: Any) -> bool:
+    if not state.server_error_rate:
+        return False
+    return zlib.crc32(str(custom_id).encode()) % 10_000 < state.server_error_rate * 10_000
+
+
+def _expired_line(custom_id: Any) -> str:
+    error = {
+        "code": "batch_expired",
+        "message": "This request could not be executed before the completion window expired.",
+    }
+    line = {"id": "batch_req_UP" + secrets.token_hex(10), "custom_id": custom_id}
+    return json.dumps({**line, "response": None, "error": error})
+
+
 def _advance(state: FakeOpenAIState, batch: Json) -> None:
     status = batch["status"]
     if status == "validating":
@@ -484,11 +520,14 @@ def _advance(state: FakeOpenAIState, batch: Json) -> None:
         batch["_lines"] = lines
         batch["request_counts"] = {"total": len(lines), "completed": 0, "failed": 0}
         batch.update(status="in_progress", in_progress_at=_now())
-    elif status == "in_progress":
+    elif status == "in_progress" and not state.hold:
         batch.update(status="finalizing", finalizing_at=_now())
     elif status == "finalizing":
         _finish(state, batch)
-        batch.update(status="completed", completed_at=_now())
+        if state.expire_after is not None:
+            batch.update(status="expired", expired_at=_now())
+        else:
+            batch.update(status="completed", completed_at=_now())
     elif status == "cancelling":
         batch.update(status="cancelled", cancelled_at=_now())
 
@@ -550,7 +589,8 @@ REPLAYERS: dict[str, Replayer[FakeOpenAIState]] = {
 
 def make_openai_upstream(api_key: str, **state_options: Any) -> web.Application:
     """The fake; `state_options` are FakeOpenAIState fields (cancel_style, placeholders, ...)."""
-    app = web.Application(middlewares=[_gate])
+    # OpenAI takes uploads of up to 512 MB (aiohttp would refuse more than 1 MB).
+    app = web.Application(middlewares=[_gate], client_max_size=512 * 1024 * 1024)
     state = app[UPSTREAM] = FakeOpenAIState(api_key=api_key, **state_options)
     app.cleanup_ctx.append(faults.lifecycle(state, lambda at, tag: _add_unrelated(state, at, tag)))
     app.add_routes(

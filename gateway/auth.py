@@ -4,6 +4,7 @@ Three kinds of caller:
 - a tenant key: its own files and batches, within its `limits` and `providers`;
 - the admin key (`auth.admin_key_sha256`): read-only, and only for the tenant it
   names in `X-Gateway-Tenant`: list and retrieve files and batches, nothing else;
+  and the operators' admin API (`/v1/gateway/admin/`) across tenants;
 - with `auth.open`, anyone else is the tenant "default" (local use only).
 
 The Authorization header is never logged or echoed; a wrong key gets the same
@@ -27,19 +28,37 @@ from gateway.logs import route_of
 OPEN_TENANT = "default"
 TENANT = web.RequestKey("tenant", str)
 TENANT_HEADER = "X-Gateway-Tenant"
-PUBLIC_PATHS = frozenset({"/health/live", "/health/ready", "/metrics", "/openapi.json"})
-# What the admin key may do: (method, route pattern).
-ADMIN_ROUTES = frozenset(
+# The console's static files (gateway.api.console): no data in them, so no key.
+CONSOLE_PATHS = frozenset({"/console", "/console/console.js", "/console/console.css"})
+PUBLIC_PATHS = (
+    frozenset({"/health/live", "/health/ready", "/metrics", "/openapi.json"}) | CONSOLE_PATHS
+)
+ADMIN_PREFIX = "/v1/gateway/admin/"
+# The operators' routes (gateway.api.admin): the admin key only (or the local caller
+# with `auth.open`), across tenants; a tenant key gets 403.
+ADMIN_ONLY = frozenset(
     {
-        ("GET", "/v1/files"),
-        ("GET", "/v1/files/{file_id}"),
-        ("GET", "/v1/batches"),
-        ("GET", "/v1/batches/{batch_id}"),
-        ("GET", "/v1/gateway/usage"),
+        ("GET", "/v1/gateway/admin/batches"),
+        ("GET", "/v1/gateway/admin/batches/{batch_id}"),
+        ("POST", "/v1/gateway/admin/batches/{batch_id}/refresh"),
+        ("GET", "/v1/gateway/admin/providers"),
     }
 )
+# What the admin key may do: (method, route pattern).
+ADMIN_ROUTES = (
+    frozenset(
+        {
+            ("GET", "/v1/files"),
+            ("GET", "/v1/files/{file_id}"),
+            ("GET", "/v1/batches"),
+            ("GET", "/v1/batches/{batch_id}"),
+            ("GET", "/v1/gateway/usage"),
+        }
+    )
+    | ADMIN_ONLY
+)
 # Admin routes that answer for every tenant when no tenant is named.
-ACROSS_TENANTS = frozenset({("GET", "/v1/gateway/usage")})
+ACROSS_TENANTS = frozenset({("GET", "/v1/gateway/usage")}) | ADMIN_ONLY
 # The "tenant" of an admin request across tenants (never a key name: those are [A-Za-z0-9._-]).
 ALL_TENANTS = "\x00all"
 _ADMIN = "\x00admin"  # never a key name (names are [A-Za-z0-9._-])
@@ -126,6 +145,15 @@ class Authenticator:
             if request.path in PUBLIC_PATHS:
                 return await handler(request)
             caller = self.caller(request.headers.get("Authorization"))
+            if request.path.startswith(ADMIN_PREFIX):
+                # Checked on the path, not the route: an unknown admin path is no
+                # tenant's business either.
+                if not caller.admin and caller.key is not None:
+                    raise PermissionDenied(
+                        "Only the admin key may use the admin API.", code="admin_only"
+                    )
+                request[TENANT] = ALL_TENANTS
+                return await handler(request)
             if caller.admin:
                 request[TENANT] = self._as_admin(request)
             else:

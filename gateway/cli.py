@@ -1,14 +1,20 @@
-"""`batch-gateway serve | check-config | demo | hash-key | leftovers`."""
+"""`batch-gateway serve | check-config | demo | hash-key | leftovers | usage`, and the
+operator commands on a running gateway: `batches | batch | providers | watch`."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from gateway.admin_cli import Admin
 
 DEFAULT_CONFIG = "config.yaml"
 
@@ -137,6 +143,64 @@ def usage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin(args: argparse.Namespace) -> Admin:
+    from gateway import admin_cli
+
+    key = args.api_key if args.api_key is not None else os.environ.get(admin_cli.KEY_ENV)
+    return admin_cli.Admin(admin_cli.base_url(args.base_url), key or None)
+
+
+def batches(args: argparse.Namespace) -> int:
+    """Batches across tenants, newest first, as the admin API lists them."""
+    from gateway import admin_cli
+
+    params = {
+        name: str(value)
+        for name, value in (
+            ("status", args.status),
+            ("provider", args.provider),
+            ("tenant", args.tenant),
+            ("after", args.after),
+            ("limit", args.limit),
+        )
+        if value is not None
+    }
+    if args.metadata is not None:
+        key, sep, value = args.metadata.partition("=")
+        if not sep:
+            print("batch-gateway: --metadata takes KEY=VALUE", file=sys.stderr)
+            return 2
+        params["metadata_key"], params["metadata_value"] = key, value
+    return admin_cli.list_batches(_admin(args), params, args.json, sys.stdout)
+
+
+def batch(args: argparse.Namespace) -> int:
+    from gateway import admin_cli
+
+    return admin_cli.show_batch(_admin(args), args.batch_id, args.json, sys.stdout)
+
+
+def providers(args: argparse.Namespace) -> int:
+    from gateway import admin_cli
+
+    return admin_cli.show_providers(_admin(args), args.json, sys.stdout)
+
+
+def watch(args: argparse.Namespace) -> int:
+    from gateway import admin_cli
+
+    return admin_cli.watch(
+        _admin(args), args.batch_id, interval=args.interval, timeout=args.timeout
+    )
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return number
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="batch-gateway", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -176,6 +240,43 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tenant", help="only this tenant's usage")
     p.add_argument("--csv", action="store_true", help="CSV with every column")
     p.set_defaults(func=usage)
+
+    # The operator commands: the admin API of a running gateway.
+    remote = argparse.ArgumentParser(add_help=False)
+    remote.add_argument(
+        "--base-url",
+        help="the gateway's /v1 URL (default: $BATCH_GATEWAY_URL or http://127.0.0.1:8080/v1)",
+    )
+    remote.add_argument(
+        "--api-key",
+        help="the admin key (default: $BATCH_GATEWAY_ADMIN_KEY; none with open auth)",
+    )
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="the API's JSON, for scripts")
+
+    p = sub.add_parser("batches", parents=[remote, as_json], help="list batches (admin)")
+    p.add_argument("--status")
+    p.add_argument("--provider")
+    p.add_argument("--tenant")
+    p.add_argument("--metadata", metavar="KEY=VALUE")
+    p.add_argument("--limit", type=int, help="1-100, default 20")
+    p.add_argument("--after", metavar="BATCH_ID", help="the next page after this batch")
+    p.set_defaults(func=batches)
+
+    p = sub.add_parser("batch", parents=[remote, as_json], help="one batch in detail (admin)")
+    p.add_argument("batch_id")
+    p.set_defaults(func=batch)
+
+    p = sub.add_parser(
+        "providers", parents=[remote, as_json], help="provider health and routes (admin)"
+    )
+    p.set_defaults(func=providers)
+
+    p = sub.add_parser("watch", parents=[remote], help="a batch's progress until it ends")
+    p.add_argument("batch_id")
+    p.add_argument("--interval", type=_positive, default=2.0, help="seconds between polls")
+    p.add_argument("--timeout", type=_positive, help="give up after this many seconds")
+    p.set_defaults(func=watch)
 
     args = parser.parse_args(argv)
     return int(args.func(args))

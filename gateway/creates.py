@@ -28,6 +28,7 @@ from typing import Any
 from gateway.batch_sync import BatchSync
 from gateway.blobs import Blobs
 from gateway.store import BatchRecord, FileRecord
+from gateway.store.base import BatchEvent
 from providers.base import (
     BatchRequest,
     InputFile,
@@ -132,19 +133,31 @@ class CreateUseCases(BatchSync):
             attempts = _attempts(provider) if i + 1 == len(candidates) else 1
             for attempt in range(attempts):
                 try:
-                    return await self._create_at(provider, file, request)
+                    upstream = await self._create_at(provider, file, request)
                 except ProviderError as exc:
                     if provider.lookup == "none":
                         exc.ambiguous = False  # nothing to look up: taken as not made
                     last = exc
                     if not exc.ambiguous:
+                        await self._attempted(record, name, "failed", exc)
                         break  # definitely not made
                     maybe_made = True
-                    found = await self._find(provider, record, file)
+                    try:
+                        found = await self._find(provider, record, file)
+                    except Unsettled:
+                        await self._attempted(record, name, "unknown", exc)
+                        raise
                     if found is not None:
+                        await self._attempted(record, name, "found")
                         return found
+                    # The last try's outcome stays unknown: the gateway settles it later.
+                    final = i + 1 == len(candidates) and attempt + 1 == attempts
+                    await self._attempted(record, name, "unknown" if final else "failed", exc)
                     if attempt + 1 < attempts:
                         await asyncio.sleep(_pause(provider, attempt, exc.retry_after))
+                else:
+                    await self._attempted(record, name, "created")
+                    return upstream
             assert last is not None
             if last.kind == "bad_request" and not last.ambiguous:
                 break  # about the input itself: another provider would say the same
@@ -168,6 +181,15 @@ class CreateUseCases(BatchSync):
         else:
             await self.store.delete_batch(record.id)
         raise last
+
+    async def _attempted(
+        self, record: BatchRecord, provider: str, outcome: str, exc: ProviderError | None = None
+    ) -> None:
+        """Record a create attempt for operators (the admin API's `attempts`)."""
+        error = f"{exc.code or exc.kind}: {exc.message}" if exc is not None else None
+        await self.store.add_batch_event(
+            BatchEvent(record.id, int(time.time()), "attempt", None, provider, outcome, error)
+        )
 
     async def _find(
         self, provider: Provider, record: BatchRecord, file: FileRecord | None
@@ -340,6 +362,7 @@ class CreateUseCases(BatchSync):
         self, provider: Provider, record: BatchRecord, found: UpstreamBatch | None
     ) -> bool:
         if found is not None:
+            await self._attempted(record, provider.name, "found")
             await self._attach(record, found)
             log.warning("batch %s: create attached to its upstream batch", record.id)
         elif record.owner is not None and record.parent_id is None:
@@ -362,6 +385,9 @@ class CreateUseCases(BatchSync):
         try:
             upstream = await self._create_at(provider, file, request_for(record))
         except ProviderError as exc:
+            await self._attempted(
+                record, provider.name, "unknown" if exc.ambiguous else "failed", exc
+            )
             if exc.ambiguous or (exc.retryable and record.settle_attempts < MAX_SETTLE_ATTEMPTS):
                 # Ambiguous: the next round's lookup sees it. Else: try again later.
                 delay = backoff_seconds(record.settle_attempts, 2.0, exc.retry_after, cap=300.0)
@@ -370,6 +396,7 @@ class CreateUseCases(BatchSync):
                 return False
             await self._fail(record, batch_error(exc.code or "upstream_error", exc.message))
             return True
+        await self._attempted(record, provider.name, "created")
         await self._attach(record, upstream)
         self.events.created(record.provider, record.object["endpoint"])
         log.info("batch %s: created on %s in the background", record.id, record.provider)

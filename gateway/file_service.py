@@ -238,7 +238,10 @@ class FileUseCases:
 
     async def sweep_expired(self, now: float | None = None) -> int:
         """Remove expired files (rows, and blobs the gateway holds); returns how many."""
-        return await sweep_expired(self.store, self.blobs, time.time() if now is None else now)
+        moment = time.time() if now is None else now
+        return await sweep_expired(
+            self.store, self.blobs, moment, accounted=self.config.usage.enabled
+        )
 
     async def _storage_budget(self, tenant: str) -> int | None:
         """Bytes the tenant may still upload (None: no limit)."""

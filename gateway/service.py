@@ -38,7 +38,7 @@ from gateway.routing import Router, RouteRequest
 from gateway.shard_plan import refuse_oversized
 from gateway.sharding import ShardUseCases
 from gateway.store import BatchRecord, FileRecord, Page, Store
-from gateway.store.base import UnknownCursor
+from gateway.store.base import BatchEvent, UnknownCursor
 from gateway.wire import CreateBatchBody, new_batch_object
 from providers.base import (
     TERMINAL_STATUSES,
@@ -161,6 +161,9 @@ class GatewayService(ShardUseCases, BatchSync):
                 await self.store.insert_batch(record)
             if estimate:
                 await self.store.put_estimate(batch_id, tenant, estimate, now)
+        await self.store.add_batch_event(
+            BatchEvent(batch_id, now, "routed", None, record.provider, None, decision.rule)
+        )
         if decision.sharding is not None:
             self.events.routed(decision.rule, record.provider)
             log.info("batch %s created, sharded (%s)", record.id, decision.rule)

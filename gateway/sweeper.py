@@ -17,7 +17,9 @@ log = logging.getLogger("gateway.sweeper")
 BATCH_SIZE = 500
 
 
-async def sweep_expired(store: Store, blobs: Blobs, now: float) -> int:
+async def sweep_expired(store: Store, blobs: Blobs, now: float, *, accounted: bool = True) -> int:
+    """`accounted`: children of sharded batches are kept until accounted (usage is on)."""
+    await store.expire_child_files(now, accounted=accounted)
     removed = 0
     while True:
         expired = await store.expired_files(now, BATCH_SIZE)

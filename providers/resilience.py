@@ -8,7 +8,9 @@ have made the batch): the service resolves those with `find_batch` instead.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -126,6 +128,58 @@ class CircuitBreaker:
             self._set("open")
 
 
+@dataclass(frozen=True, slots=True)
+class Health:
+    """A provider's recent calls as operators see them (None: no calls to tell from)."""
+
+    calls: int
+    error_rate: float | None
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+
+
+class CallWindow:
+    """The last `size` call attempts within `seconds`: when, whether it failed, how long.
+
+    Bounded both ways, so a busy provider costs a fixed amount of memory and a quiet
+    one reports only what is recent.
+    """
+
+    def __init__(
+        self,
+        size: int = 200,
+        seconds: float = 300.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._calls: deque[tuple[float, bool, float]] = deque(maxlen=size)
+        self._seconds = seconds
+        self._clock = clock
+
+    def add(self, failed: bool, seconds: float) -> None:
+        self._calls.append((self._clock(), failed, seconds))
+
+    def health(self) -> Health:
+        since = self._clock() - self._seconds
+        recent = [(failed, seconds) for at, failed, seconds in self._calls if at >= since]
+        if not recent:
+            return Health(0, None, None, None)
+        durations = sorted(seconds * 1000.0 for _, seconds in recent)
+        errors = sum(1 for failed, _ in recent if failed)
+        return Health(
+            len(recent),
+            errors / len(recent),
+            _percentile(durations, 0.50),
+            _percentile(durations, 0.95),
+        )
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending, non-empty list."""
+    rank = max(1, math.ceil(q * len(ordered)))
+    return round(ordered[rank - 1], 3)
+
+
 class _Uncounted:
     """A breaker that lets every call through and counts none."""
 
@@ -166,6 +220,8 @@ class ResilientProvider:
         self._observer = observer or NullObserver()
         self._sleep = sleep
         self._limit = asyncio.Semaphore(policy.max_concurrency)
+        # Every attempt, lookups included: what operators see of the provider's health.
+        self.window = CallWindow(clock=clock)
         self.breaker = CircuitBreaker(
             policy.breaker_failures,
             policy.breaker_cooldown,
@@ -201,6 +257,9 @@ class ResilientProvider:
             except ProviderError as exc:
                 elapsed = time.perf_counter() - started
                 self._observer.attempt(self.name, operation, exc.kind, elapsed)
+                # A refusal about the request itself (bad input, not found) is not the
+                # provider failing.
+                self.window.add(exc.retryable, elapsed)
                 if not exc.retryable:
                     breaker.success()  # it answered: the provider itself is healthy
                     raise
@@ -215,7 +274,9 @@ class ResilientProvider:
                 breaker.release()  # cancelled mid-call: neither success nor failure
                 raise
             else:
-                self._observer.attempt(self.name, operation, "ok", time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                self._observer.attempt(self.name, operation, "ok", elapsed)
+                self.window.add(False, elapsed)
                 breaker.success()
                 return result
         raise AssertionError("unreachable")

@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY
 
 from gateway.blobs import LocalBlobs
 from gateway.config import HEAL_CODES, ConfigError, parse_config
+from gateway.retention import Retention
 from gateway.shard_files import (
     ChildFiles,
     Merger,
@@ -347,27 +348,34 @@ async def test_a_child_whose_create_broke_off_is_created_once_by_the_settler(
     assert len(upstream_batches(alpha, beta)) == 2
 
 
+async def accounted_batch(
+    start_env: Callable[..., Awaitable[Env]],
+) -> tuple[Env, Any, list[tuple[ShardRow, BatchRecord]]]:
+    """A 100-line batch in four children at alpha and beta, completed and accounted."""
+    env = await start_env(shard={"max_lines": 25}, usage={"sweep_seconds": 0.05})
+    gw = env[0]
+    batch = await create(gw, [chat_line(i) for i in range(100)])
+    done = await finished(gw, batch.id)
+    assert done.status == "completed"
+
+    async def accounted() -> bool:
+        return (await gw.client.batches.retrieve(batch.id)).usage is not None
+
+    await until(accounted)
+    return env, done, await gw.service.store.shard_children(batch.id)
+
+
 async def test_each_child_is_accounted_once_and_the_parent_sums_them(
     start_env: Callable[..., Awaitable[Env]],
 ) -> None:
-    gw, alpha, beta = await start_env(shard={"max_lines": 25}, usage={"sweep_seconds": 0.05})
-    batch = await create(gw, [chat_line(i) for i in range(100)])
-    done = await finished(gw, batch.id)
+    (gw, _, _), batch, children = await accounted_batch(start_env)
     store = gw.service.store
-    children = await store.shard_children(batch.id)
-
-    async def accounted() -> bool:
-        b = await gw.client.batches.retrieve(batch.id)
-        return b.usage is not None
-
-    await until(accounted)
     rows = [r for _, c in children for r in await store.usage_rows(c.id)]
     assert {r.provider for r in rows} == {"alpha", "beta"}
     assert sum(r.lines_succeeded for r in rows) == 100
     assert await store.usage_rows(batch.id) == []  # the parent adds no row of its own
     usage = (await gw.client.batches.retrieve(batch.id)).usage
     assert usage is not None and usage.input_tokens == sum(r.prompt_tokens for r in rows) == 1000
-    assert done.status == "completed"
 
 
 async def test_a_create_too_large_for_a_route_that_does_not_shard_is_refused(
@@ -604,3 +612,29 @@ async def test_advances_racing_on_one_batch_make_each_child_and_each_heal_once(
         1 for r, c in children if c.provider == "alpha"
     )
     assert len(await read_lines(gw.client, done.output_file_id)) == 120
+
+
+async def test_the_childrens_files_go_once_the_batch_is_merged_and_accounted(
+    start_env: Callable[..., Awaitable[Env]],
+) -> None:
+    (gw, alpha, beta), done, children = await accounted_batch(start_env)
+    store = gw.service.store
+    child_files = [c.input_file_id for _, c in children] + [
+        c.object[k] for _, c in children for k in ("output_file_id", "error_file_id") if c.object[k]
+    ]
+    assert len(child_files) == 8
+
+    async def released() -> bool:
+        # The housekeeping's rounds: the kept results' provider copies are queued for
+        # deletion there, then the children's files expire and go.
+        await Retention(gw.service).run_once()
+        await gw.service.sweep_expired()
+        return all([await store.get_file(f) is None for f in child_files])
+
+    await until(released)
+    blobs = {p.name for p in Path(gw.config.blobs.dir or "").rglob("*") if p.is_file()}
+    assert not blobs & set(child_files)
+    assert len(await read_lines(gw.client, done.output_file_id)) == 100  # the merged copy stays
+    assert await store.get_file(done.input_file_id) is not None
+    # Nothing of the children is left at the providers either (inputs and results).
+    assert [f for s in (alpha, beta) for f in s.files.values()] == []

@@ -18,7 +18,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from gateway import idempotency, metrics, wire
-from gateway.api import batches, files, usage
+from gateway.api import admin, batches, console, files, usage
 
 Schema = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -73,6 +73,90 @@ IDEMPOTENCY_KEY: Schema = {
 # Unix seconds or a UTC date.
 MOMENT = r"^(?:[0-9]{1,12}|[0-9]{4}-[0-9]{2}-[0-9]{2})$"
 AFTER = query("after", {"type": "string", "minLength": 1, "maxLength": wire.MAX_ID_LENGTH})
+
+SECONDS = r"^[0-9]{1,12}$"
+_STRING_OR_NULL: Schema = {"type": ["string", "null"]}
+_NUMBER_OR_NULL: Schema = {"type": ["number", "null"]}
+ADMIN_BATCH: Schema = {
+    "type": "object",
+    "required": ["batch", "tenant", "provider", "upstream_id", "rule"],
+    "properties": {
+        "batch": {"type": "object"},
+        "tenant": {"type": "string"},
+        "provider": {"type": "string"},
+        "upstream_id": _STRING_OR_NULL,
+        "rule": _STRING_OR_NULL,
+    },
+}
+ADMIN_LIST: Schema = {
+    "type": "object",
+    "required": ["object", "data", "first_id", "last_id", "has_more"],
+    "properties": {
+        "object": {"type": "string", "enum": ["list"]},
+        "data": {"type": "array", "items": ADMIN_BATCH},
+        "first_id": _STRING_OR_NULL,
+        "last_id": _STRING_OR_NULL,
+        "has_more": {"type": "boolean"},
+    },
+}
+ADMIN_DETAIL: Schema = {
+    **ADMIN_BATCH,
+    "required": [*ADMIN_BATCH["required"], "history", "attempts", "children"],
+    "properties": {
+        **ADMIN_BATCH["properties"],
+        "history": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"status": {"type": "string"}, "at": {"type": "integer"}},
+            },
+        },
+        "attempts": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "provider": {"type": "string"},
+                    "at": {"type": "integer"},
+                    "outcome": {
+                        "type": "string",
+                        "enum": ["created", "failed", "unknown", "found"],
+                    },
+                    "error": _STRING_OR_NULL,
+                },
+            },
+        },
+        "children": {"type": "array", "items": ADMIN_BATCH},
+    },
+}
+ADMIN_PROVIDERS: Schema = {
+    "type": "object",
+    "required": ["object", "data", "routes"],
+    "properties": {
+        "object": {"type": "string", "enum": ["list"]},
+        "data": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "type": {"type": "string"},
+                    "enabled": {"type": "boolean"},
+                    "breaker": {
+                        "type": ["string", "null"],
+                        "enum": ["closed", "open", "half_open", None],
+                    },
+                    "calls": {"type": "integer"},
+                    "error_rate": _NUMBER_OR_NULL,
+                    "latency_p50_ms": _NUMBER_OR_NULL,
+                    "latency_p95_ms": _NUMBER_OR_NULL,
+                    "active_batches": {"type": "integer"},
+                },
+            },
+        },
+        "routes": {"type": "array", "items": {"type": "string"}},
+    },
+}
 
 # The links let a client (and schemathesis) go upload -> create batch -> retrieve / cancel.
 FILE_LINKS = {
@@ -216,6 +300,76 @@ def routes() -> tuple[Route, ...]:
                 query("start", {"type": "string", "pattern": MOMENT}),
                 query("end", {"type": "string", "pattern": MOMENT}),
             ),
+        ),
+        Route(
+            "GET",
+            "/v1/gateway/admin/batches",
+            admin.list_batches,
+            "adminListBatches",
+            "Every tenant's batches, newest first, with provider and routing (admin key)",
+            Raw("application/json", ADMIN_LIST, "The batches"),
+            errors=(400,),
+            parameters=(
+                query("tenant", {"type": "string"}),
+                query("provider", {"type": "string"}),
+                query("status", {"type": "string"}),
+                query("created_after", {"type": "string", "pattern": SECONDS}),
+                query("created_before", {"type": "string", "pattern": SECONDS}),
+                query("metadata_key", {"type": "string"}),
+                query("metadata_value", {"type": "string"}),
+                AFTER,
+                query("limit", {"type": "integer", "minimum": 1, "maximum": admin.MAX_PAGE}),
+            ),
+        ),
+        Route(
+            "GET",
+            "/v1/gateway/admin/batches/{batch_id}",
+            admin.retrieve_batch,
+            "adminRetrieveBatch",
+            "A batch with its status history, create attempts and children (admin key)",
+            Raw("application/json", ADMIN_DETAIL, "The batch"),
+            errors=(404,),
+        ),
+        Route(
+            "POST",
+            "/v1/gateway/admin/batches/{batch_id}/refresh",
+            admin.refresh_batch,
+            "adminRefreshBatch",
+            "Ask the provider about a batch now (admin key)",
+            Raw("application/json", ADMIN_DETAIL, "The batch"),
+            errors=(404, 502, 503),
+        ),
+        Route(
+            "GET",
+            "/v1/gateway/admin/providers",
+            admin.list_providers,
+            "adminProviders",
+            "Providers' breakers, recent calls and active batches, and the routes (admin key)",
+            Raw("application/json", ADMIN_PROVIDERS, "The providers"),
+        ),
+        Route(
+            "GET",
+            "/console",
+            console.asset,
+            "console",
+            "The operator console, a web page (no key: it holds no data)",
+            Raw("text/html", {"type": "string"}, "The page"),
+        ),
+        Route(
+            "GET",
+            "/console/console.js",
+            console.asset,
+            "consoleScript",
+            "The console's script",
+            Raw("text/javascript", {"type": "string"}, "The script"),
+        ),
+        Route(
+            "GET",
+            "/console/console.css",
+            console.asset,
+            "consoleStyle",
+            "The console's style sheet",
+            Raw("text/css", {"type": "string"}, "The style sheet"),
         ),
         Route("GET", "/health/live", process.live, "live", "Liveness", wire.Liveness),
         Route("GET", "/health/ready", process.ready, "ready", "Readiness", wire.Readiness),

@@ -98,6 +98,34 @@ class ShardRow:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchEvent:
+    """One thing that happened to a batch (see migration 0013), for operators."""
+
+    batch_id: str
+    at: int
+    # "status", "attempt" or "routed".
+    kind: str
+    status: str | None = None
+    provider: str | None = None
+    # For an attempt: "created", "found", "failed" or "unknown".
+    outcome: str | None = None
+    # An attempt's error, or the routing rule.
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminFilter:
+    """What an operator's batch list keeps (every field optional)."""
+
+    tenant: str | None = None
+    provider: str | None = None
+    status: str | None = None
+    created_after: int | None = None
+    created_before: int | None = None
+    metadata: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderDeletion:
     provider: str
     upstream_id: str
@@ -204,8 +232,38 @@ class ShardMethods(Protocol):
 
     async def mark_examined(self, child_id: str) -> None: ...
 
+    async def expire_child_files(self, now: float, *, accounted: bool) -> int:
+        """Expire ended sharded batches' children's files (accounted ones only, with
+        `accounted`, and results whose provider copy is queued for deletion)."""
+        ...
 
-class Store(RetentionMethods, ProviderStateMethods, UsageMethods, ShardMethods, Protocol):
+
+class EventMethods(Protocol):
+    """Batch history and the operators' view across tenants (`gateway.store.events`)."""
+
+    async def add_batch_event(self, event: BatchEvent) -> None:
+        """Record an attempt or a routing decision (statuses are recorded by the store)."""
+        ...
+
+    async def batch_events(self, batch_id: str) -> list[BatchEvent]:
+        """The batch's events, oldest first."""
+        ...
+
+    async def routing_rules(self, batch_ids: Sequence[str]) -> dict[str, str]:
+        """The rule that routed each of these batches (those routed by one)."""
+        ...
+
+    async def admin_batches(
+        self, where: AdminFilter, *, after: str | None, limit: int
+    ) -> Page[BatchRecord]:
+        """Every tenant's batches the filter keeps, newest first, without sharded
+        batches' children; UnknownCursor when `after` names no such batch."""
+        ...
+
+
+class Store(
+    RetentionMethods, ProviderStateMethods, UsageMethods, ShardMethods, EventMethods, Protocol
+):
     """Everything the gateway persists; SQLite and PostgreSQL implement it alike."""
 
     async def close(self) -> None: ...
@@ -236,6 +294,7 @@ class Store(RetentionMethods, ProviderStateMethods, UsageMethods, ShardMethods, 
 
     async def update_batch(self, record: BatchRecord, *, event: bytes | None = None) -> bool:
         """Persist the batch; with `event`, queue its webhook in the same transaction.
+        A change of status is recorded as a status event in that transaction too.
 
         False, and nothing written, when the row is already terminal: an ended batch
         never changes again, and only the write that ended it queues the webhook.

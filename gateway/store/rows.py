@@ -7,6 +7,7 @@ stores 0/1), so one conversion serves both backends.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -118,4 +119,15 @@ async def insert_batch_row(db: Executor, record: BatchRecord) -> None:
         record.settle_attempts,
         record.parent_id,
         record.status,
+    )
+    await insert_status_event(db, record.id, record.status)
+
+
+async def insert_status_event(db: Executor, batch_id: str, status: str) -> None:
+    """Record that a batch took a status (inside the transaction that wrote it)."""
+    await db.execute(
+        "INSERT INTO batch_events (batch_id, at, kind, status) VALUES (?, ?, 'status', ?)",
+        batch_id,
+        int(time.time()),
+        status,
     )

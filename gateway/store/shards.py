@@ -9,7 +9,13 @@ from contextlib import AbstractAsyncContextManager
 
 from gateway.store.base import BatchRecord, FileRecord, ShardRow
 from gateway.store.migrate import Executor
-from gateway.store.rows import BATCH_COLS, batch_from_row, insert_batch_row, insert_file_row
+from gateway.store.rows import (
+    BATCH_COLS,
+    NOT_TERMINAL,
+    batch_from_row,
+    insert_batch_row,
+    insert_file_row,
+)
 
 _SHARD_COLS = "s.child_id, s.parent_id, s.position, s.attempt, s.lines, s.heals, s.examined"
 _BATCH_COLS = ", ".join(f"b.{c.strip()}" for c in BATCH_COLS.split(","))
@@ -70,3 +76,19 @@ class ShardStore(ABC):
     async def mark_examined(self, child_id: str) -> None:
         async with self._conn() as db:
             await db.execute("UPDATE shards SET examined = 1 WHERE child_id = ?", child_id)
+
+    async def expire_child_files(self, now: float, *, accounted: bool) -> int:
+        """Expire the files of ended sharded batches' children (their input slices and
+        result copies: the merged files hold the lines now), once the children are
+        accounted (`accounted`) and a result's provider copy is queued for deletion."""
+        done = "p.accounted_at IS NOT NULL" if accounted else "TRUE"
+        async with self._conn() as db:
+            rows = await db.fetch(
+                "UPDATE files SET expires_at = ? WHERE (expires_at IS NULL OR expires_at > ?)"
+                " AND (upstream_id IS NULL OR upstream_released) AND batch_id IN ("
+                " SELECT s.child_id FROM shards s JOIN batches p ON p.id = s.parent_id"
+                f" WHERE NOT (p.{NOT_TERMINAL}) AND {done}) RETURNING id",
+                int(now),
+                int(now),
+            )
+        return len(rows)

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from gateway.instance import Instance
 from gateway.store import migrate
 from gateway.store.base import BatchRecord, FileRecord, Page, UnknownCursor, WebhookDelivery
+from gateway.store.events import EventStore
 from gateway.store.idempotency import IdempotencyStore
 from gateway.store.migrate import Executor, Row
 from gateway.store.provider_state import ProviderStateStore
@@ -31,13 +32,22 @@ from gateway.store.rows import (
     file_from_row,
     insert_batch_row,
     insert_file_row,
+    insert_status_event,
     to_json,
 )
 from gateway.store.shards import ShardStore
 from gateway.store.usage import UsageStore
 
 
-class SQLStore(IdempotencyStore, RetentionStore, ProviderStateStore, UsageStore, ShardStore, ABC):
+class SQLStore(
+    IdempotencyStore,
+    RetentionStore,
+    ProviderStateStore,
+    UsageStore,
+    ShardStore,
+    EventStore,
+    ABC,
+):
     """Every Store method, over whatever connections a backend provides."""
 
     dialect: ClassVar[str]
@@ -169,7 +179,7 @@ class SQLStore(IdempotencyStore, RetentionStore, ProviderStateStore, UsageStore,
     # batches
 
     async def insert_batch(self, record: BatchRecord) -> None:
-        async with self._write() as db:
+        async with self._tx() as db:  # the row and its first status event, together
             await insert_batch_row(db, record)
 
     async def update_batch(self, record: BatchRecord, *, event: bytes | None = None) -> bool:
@@ -178,7 +188,7 @@ class SQLStore(IdempotencyStore, RetentionStore, ProviderStateStore, UsageStore,
         # queue the webhook a second time.
         update = (
             "UPDATE batches SET object = ?, upstream_id = ?, pending = ?, status = ?, provider = ?,"
-            f" owner = ?, settle_attempts = ? WHERE id = ? AND {NOT_TERMINAL} RETURNING id"
+            f" owner = ?, settle_attempts = ? WHERE id = ? AND {NOT_TERMINAL}"
         )
         args = (
             to_json(record.object),
@@ -190,25 +200,38 @@ class SQLStore(IdempotencyStore, RetentionStore, ProviderStateStore, UsageStore,
             record.settle_attempts,
             record.id,
         )
-        if event is None or record.webhook is None:
+        webhook = event is not None and record.webhook is not None
+        if not webhook:
+            # Most writes (polls) keep the status: one statement, and no event to record.
             async with self._write() as db:
-                return bool(await db.fetch(update, *args))
-        # The webhook is queued with the state it reports, or not at all.
+                if await db.fetch(update + " AND status = ? RETURNING id", *args, record.status):
+                    return True
+        # The status changes (or may): the row is locked and read, so the status event
+        # and the webhook record exactly the change this write makes.
+        lock = " FOR UPDATE" if self.dialect == "postgres" else ""
         async with self._tx() as db:
-            if not await db.fetch(update, *args):
-                return False
-            await db.execute(
-                "INSERT INTO webhook_deliveries (batch_id, webhook, event, next_attempt_at)"
-                " VALUES (?, ?, ?, ?)",
-                record.id,
-                record.webhook,
-                event.decode(),
-                time.time(),
+            rows = await db.fetch(
+                f"SELECT status FROM batches WHERE id = ? AND {NOT_TERMINAL}{lock}", record.id
             )
+            if not rows or not await db.fetch(update + " RETURNING id", *args):
+                return False
+            if rows[0][0] != record.status:
+                await insert_status_event(db, record.id, record.status)
+            if webhook:
+                assert event is not None
+                await db.execute(
+                    "INSERT INTO webhook_deliveries (batch_id, webhook, event, next_attempt_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    record.id,
+                    record.webhook,
+                    event.decode(),
+                    time.time(),
+                )
         return True
 
     async def delete_batch(self, batch_id: str) -> None:
-        async with self._conn() as db:
+        async with self._tx() as db:
+            await db.execute("DELETE FROM batch_events WHERE batch_id = ?", batch_id)
             await db.execute("DELETE FROM batches WHERE id = ?", batch_id)
 
     async def get_batch(self, batch_id: str, tenant: str | None = None) -> BatchRecord | None:

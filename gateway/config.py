@@ -32,6 +32,9 @@ from providers.registry import TYPES
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+# Embedding inputs one batch may hold, over all its lines (OpenAI's documented limit).
+EMBEDDING_INPUTS = 50_000
+
 # The `provider` of a sharded batch's parent row: its children run at real providers.
 SHARDED = "shard"
 
@@ -352,15 +355,17 @@ class Config(_Model):
     # Folder that relative paths were resolved against (the config file's own).
     base_dir: Path = Field(Path("."), exclude=True)
 
-    def upload_limits(self) -> tuple[int, int]:
-        """(bytes, lines) an upload may have: larger when some route shards."""
+    def upload_limits(self) -> tuple[int, int, int]:
+        """(bytes, lines, embedding inputs) an upload may have: larger when some route
+        shards (its children then keep to each provider's limits)."""
         limits = self.limits
         if any(route.shard for route in self.routes):
             return (
                 max(limits.max_file_bytes, limits.max_shard_file_bytes),
                 max(limits.max_file_lines, limits.max_shard_file_lines),
+                max(EMBEDDING_INPUTS, limits.max_shard_file_lines),
             )
-        return limits.max_file_bytes, limits.max_file_lines
+        return limits.max_file_bytes, limits.max_file_lines, EMBEDDING_INPUTS
 
 
 def interpolate(value: Any, missing: list[tuple[str, str]], path: str = "") -> Any:

@@ -68,10 +68,11 @@ class FileUseCases:
         """Stream an input file to a blob while validating it; all or nothing."""
         budget = await self._storage_budget(tenant)
         file_id = ids.new_file_id()
-        max_bytes, max_lines = self.config.upload_limits()
+        max_bytes, max_lines, max_inputs = self.config.upload_limits()
         validator = JSONLValidator(
             max_bytes=max_bytes,
             max_lines=max_lines,
+            max_embedding_inputs=max_inputs,
             max_line_bytes=self.limits.max_line_bytes,
         )
         digest = hashlib.sha256()

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from gateway.config import EMBEDDING_INPUTS
 from gateway.result_lines import line_ids
 from providers.base import ByteStream
 from providers.context import BlobWriter
@@ -42,11 +43,21 @@ TIMEOUT_CODES = frozenset({"timeout", "request_timeout", "timed_out"})
 
 @dataclass(slots=True)
 class Slice:
-    """One child's input as written: its lines, bytes and the models they name."""
+    """One child's input as written: its lines, bytes, embedding inputs and the models
+    they name."""
 
     lines: int = 0
     bytes: int = 0
+    inputs: int = 0
     models: set[str] = field(default_factory=set)
+
+
+def _inputs(line: dict[str, Any]) -> int:
+    """Embedding inputs of one request line (0 for other endpoints)."""
+    if line.get("url") != "/v1/embeddings":
+        return 0
+    given = line.get("body", {}).get("input")
+    return len(given) if isinstance(given, list) and given and not isinstance(given[0], int) else 1
 
 
 class _Buffered:
@@ -92,9 +103,11 @@ async def split_input(
     size: int,
     max_lines: int,
     max_bytes: int,
+    max_inputs: int = EMBEDDING_INPUTS,
 ) -> list[Slice]:
-    """Cut a validated input file into children of about equal lines, each under both
-    caps; `writer_for(i)` gives child i's blob, committed here (aborted on failure)."""
+    """Cut a validated input file into children of about equal lines, each under the
+    caps (lines, bytes, embedding inputs); `writer_for(i)` gives child i's blob,
+    committed here (aborted on failure)."""
     share = math.ceil(lines / children_for(lines, size, max_lines, max_bytes))
     share = min(share, max_lines)
     slices: list[Slice] = []
@@ -104,8 +117,15 @@ async def split_input(
         async with opener() as chunks:
             async for raw in iter_lines(chunks):
                 line = raw + b"\n"
+                parsed = _parse(raw)
+                inputs = _inputs(parsed)
                 piece = slices[-1] if slices else None
-                if piece is None or piece.lines >= share or piece.bytes + len(line) > max_bytes:
+                if (
+                    piece is None
+                    or piece.lines >= share
+                    or piece.bytes + len(line) > max_bytes
+                    or piece.inputs + inputs > max_inputs
+                ):
                     if current is not None:
                         await current.flush()
                     current = _Buffered(writer_for(len(slices)))
@@ -116,7 +136,8 @@ async def split_input(
                 await current.add(line)
                 piece.lines += 1
                 piece.bytes += len(line)
-                model = _parse(raw).get("body", {}).get("model")
+                piece.inputs += inputs
+                model = parsed.get("body", {}).get("model")
                 if isinstance(model, str):
                     piece.models.add(model)
         if current is not None:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from providers.base import ProviderError
 
 if TYPE_CHECKING:
     from providers.context import StateStore
@@ -32,6 +35,7 @@ __all__ = [
     "response_line",
     "stable_hex",
     "shown_views",
+    "split_named",
     "split_view",
     "views_deleted",
 ]
@@ -54,6 +58,20 @@ def split_view(upstream_file_id: str) -> tuple[str, str | None]:
     if part and part not in VIEWS:
         raise ValueError(upstream_file_id)
     return name, part or None
+
+
+def split_named(
+    upstream_file_id: str, view_name: re.Pattern[str], file_name: re.Pattern[str]
+) -> tuple[str, str | None]:
+    """`split_view`, and the name checked against the shape of a results file (a view) or
+    of an input file: anything else is a file the provider never had."""
+    try:
+        name, part = split_view(upstream_file_id)
+    except ValueError:
+        name, part = "", None
+    if not (view_name if part is not None else file_name).fullmatch(name):
+        raise ProviderError("not_found", "No such file at the provider.")
+    return name, part
 
 
 def shown_views(output_file_id: str | None, error_file_id: str | None) -> list[str]:

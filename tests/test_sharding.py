@@ -436,7 +436,7 @@ def test_shard_config_names_known_providers_only(tmp_path: Path) -> None:
             tmp_path,
         )
     ok = parse_config({**base, "routes": [{"shard": {"across": ["a"]}}]}, tmp_path)
-    assert ok.upload_limits() == (1024**3, 500_000)
+    assert ok.upload_limits() == (1024**3, 500_000, 500_000)
 
 
 def test_children_are_spread_by_weight() -> None:
@@ -638,3 +638,43 @@ async def test_the_childrens_files_go_once_the_batch_is_merged_and_accounted(
     assert await store.get_file(done.input_file_id) is not None
     # Nothing of the children is left at the providers either (inputs and results).
     assert [f for s in (alpha, beta) for f in s.files.values()] == []
+
+
+async def test_an_embeddings_batch_is_cut_by_its_inputs_too(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    # 120 lines of 1,000 inputs each: few lines, but 120,000 inputs, over the 50,000 one
+    # batch may hold; the upload is allowed because a route shards.
+    sandbox = {"type": "sandbox", "validate_seconds": 0, "line_seconds": 0}
+    config = make_config(
+        tmp_path,
+        providers={"a": sandbox, "b": dict(sandbox)},
+        default="a",
+        routes=[{"match": {}, "shard": {"across": ["a", "b"]}}],
+        poller={"interval_seconds": 0.05},
+    )
+    gw = await start_gateway(config)
+    lines = [
+        {
+            "custom_id": f"emb-{i}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {
+                "model": "text-embedding-3-small",
+                "input": [f"t{i}-{j}" for j in range(1000)],
+            },
+        }
+        for i in range(120)
+    ]
+    uploaded = await gw.client.files.create(
+        file=("e.jsonl", io.BytesIO(jsonl(lines))), purpose="batch"
+    )
+    batch = await gw.client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    done = await finished(gw, batch.id)
+    assert done.status == "completed" and done.request_counts.completed == 120
+    children = await gw.service.store.shard_children(batch.id)
+    assert [r.lines for r, _ in children] == [50, 50, 20]
+    out = await read_lines(gw.client, done.output_file_id)
+    assert set(out) == {f"emb-{i}" for i in range(120)}

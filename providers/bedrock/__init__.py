@@ -62,7 +62,7 @@ from providers.bedrock.storage import Storage
 from providers.bedrock.translate import record_transform
 from providers.context import ProviderContext, ProviderType, StateStore
 from providers.lines import rewritten
-from providers.results import VIEWS, batch_usage, split_view, views_deleted
+from providers.results import VIEWS, batch_usage, split_named, views_deleted
 
 __all__ = ["BedrockModel", "BedrockProvider", "BedrockProviderConfig"]
 
@@ -397,13 +397,7 @@ class BedrockProvider(BaseProvider):
 
 def _split(upstream_file_id: str) -> tuple[str, str | None]:
     """`file-x.jsonl` -> (it, None); `<job id>#output` -> (job id, "output")."""
-    try:
-        name, part = split_view(upstream_file_id)
-    except ValueError:
-        name, part = "", None
-    if not (JOB_ID.fullmatch(name) if part else _INPUT_NAME.fullmatch(name)):
-        raise ProviderError("not_found", "No such file at the provider.")
-    return name, part
+    return split_named(upstream_file_id, JOB_ID, _INPUT_NAME)
 
 
 def build(context: ProviderContext, config: BedrockProviderConfig) -> BedrockProvider:

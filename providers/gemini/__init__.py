@@ -60,7 +60,7 @@ from providers.gemini.operations import (
 )
 from providers.http import HTTPProvider, iter_lines
 from providers.lines import rewritten, rewritten_size
-from providers.results import VIEWS, shown_views, split_view, views_deleted
+from providers.results import VIEWS, shown_views, split_named, views_deleted
 from providers.transport import UNSAFE_TARGET, HTTPSettings
 
 __all__ = ["GeminiProvider", "GeminiProviderConfig", "parse_batch", "rfc3339"]
@@ -374,13 +374,7 @@ class GeminiProvider(HTTPProvider):
 
 def _split(upstream_file_id: str) -> tuple[str, str | None]:
     """`files/x` -> (files/x, None); `files/x#output` -> (files/x, "output")."""
-    try:
-        name, part = split_view(upstream_file_id)
-    except ValueError:
-        name, part = "", None
-    if not FILE_NAME.fullmatch(name):
-        raise ProviderError("not_found", "No such file at the provider.")
-    return name, part
+    return split_named(upstream_file_id, FILE_NAME, FILE_NAME)
 
 
 class GeminiProviderConfig(RemoteConfig):

@@ -49,7 +49,7 @@ from providers.gcs import GCSClient, gs_location, gs_uri
 from providers.gemini.operations import rfc3339
 from providers.http import HTTPProvider, RawResponse
 from providers.lines import rewritten
-from providers.results import VIEWS, shown_views, split_view, stable_hex, views_deleted
+from providers.results import VIEWS, shown_views, split_named, stable_hex, views_deleted
 from providers.tokens import BearerToken, TokenSource
 from providers.transport import Body, HTTPSettings
 from providers.vertex import translate
@@ -406,14 +406,7 @@ class VertexProvider(HTTPProvider):
 
 def _split(upstream_file_id: str) -> tuple[str, str | None]:
     """`file-x.jsonl` -> (it, None); `<job id>#output` -> (job id, "output")."""
-    try:
-        name, part = split_view(upstream_file_id)
-    except ValueError:
-        name, part = "", None
-    shape = JOB_ID if part is not None else _INPUT_NAME
-    if not shape.fullmatch(name):
-        raise ProviderError("not_found", "No such file at the provider.")
-    return name, part
+    return split_named(upstream_file_id, JOB_ID, _INPUT_NAME)
 
 
 def _settings(name: str, url: str, config: VertexProviderConfig) -> HTTPSettings:

@@ -13,8 +13,9 @@ oldest unsettled create (at least `repair_window_seconds` back) and:
   of that file at the provider.
 
 Batches tagged with ids this store does not know are left alone: they may belong
-to another deployment sharing the provider account. Each action is logged and
-counted in `gateway_upstream_repairs_total{provider,kind,action}`.
+to another deployment sharing the provider account. Two provider entries may share one
+account too: a batch or upload some entry's row uses is never taken for an extra copy.
+Each action is logged and counted in `gateway_upstream_repairs_total{provider,kind,action}`.
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ class Repairer:
             record = await svc.store.get_batch(tag) if ids.looks_valid(tag) else None
             if record is None:
                 continue
-            if record.provider == provider.name and record.upstream_id == upstream.id:
+            if record.upstream_id == upstream.id:
+                # Its own batch, whichever provider entry lists it: two entries may share
+                # one account (a sharded batch's children at both, say).
                 continue
             if record.pending and record.upstream_id is None:
                 if record.owner in live or record.provider != provider.name:
@@ -86,6 +89,8 @@ class Repairer:
             # A copy with no record may be an upload whose answer is still on its way.
             if used is None or used == upstream_id:
                 continue
+            if await self._used_elsewhere(file_id, upstream_id):
+                continue  # another provider entry on the same account uses this copy
             try:
                 await provider.delete_file(upstream_id)
             except ProviderError as exc:
@@ -97,6 +102,13 @@ class Repairer:
             self._count(provider.name, "duplicate_upload", "deleted", file_id)
             done += 1
         return done
+
+    async def _used_elsewhere(self, file_id: str, upstream_id: str) -> bool:
+        store = self.service.store
+        for name in self.service.providers:
+            if await store.get_upstream_file(file_id, name) == upstream_id:
+                return True
+        return False
 
     async def _cancel(self, provider: Provider, upstream: UpstreamBatch, batch_id: str) -> bool:
         """Cancel one extra batch; a failure waits for the next sweep, not the others."""

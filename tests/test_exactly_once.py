@@ -468,3 +468,48 @@ async def test_two_creates_at_anthropic_that_could_be_each_other_wait_to_be_told
         assert record is not None and not record.pending and record.upstream_id
     ups = {(await gw.service.store.get_batch(b.id)).upstream_id for b in (first, second)}  # type: ignore[union-attr]
     assert ups == set(anthropic.batches)  # one each, none shared, no third made
+
+
+async def test_two_provider_entries_on_one_account_never_repair_each_others_batches(
+    aiohttp_server: Servers, start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    """Each entry's sweep lists the other's batches and uploads too: they are in use."""
+    server = await aiohttp_server(make_openai_upstream(KEY))
+    state = server.app[UPSTREAM]
+    config = make_config(
+        tmp_path,
+        providers={"up": remote(server), "twin": remote(server)},
+        routes=[{"match": {"metadata": {"via": "twin"}}, "to": "twin"}],
+        default="up",
+        poller={"enabled": False},
+    )
+    gw = await start_gateway(config)
+    file_id = await upload(gw)
+    made = [
+        await gw.client.batches.create(
+            input_file_id=file_id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            metadata=metadata,
+        )
+        for metadata in ({"via": "up"}, {"via": "twin"})
+    ]
+    assert {(await gw.service.store.get_batch(b.id)).provider for b in made} == {"up", "twin"}  # type: ignore[union-attr]
+    assert len(state.files) == 2  # the file, uploaded once through each entry
+
+    def repaired() -> float:
+        return sum(
+            repairs(kind, action, provider)
+            for provider in ("up", "twin")
+            for kind, action in (
+                ("duplicate_batch", "cancelled"),
+                ("orphan_batch", "cancelled"),
+                ("duplicate_upload", "deleted"),
+            )
+        )
+
+    before = repaired()
+    await gw.server.app[POLLER].repairer.sweep()
+    assert repaired() == before
+    assert len(state.files) == 2
+    assert {b["status"] for b in state.batches.values()} == {"validating"}

@@ -19,8 +19,8 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import ExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,43 @@ async def wait_settled(store_url: str, seen: list[str], seconds: float) -> dict[
         await asyncio.sleep(0.2)
 
 
+@asynccontextmanager
+async def two_replicas(config: Path, tmp_path: Path) -> AsyncIterator[tuple[Replica, Replica]]:
+    """A steady replica (started) and a victim (started by `kill_victim`), stopped after."""
+    steady = Replica(config, tmp_path / "steady.log")
+    victim = Replica(config, tmp_path / "victim.log")
+    with ExitStack() as stack:
+        for replica in (steady, victim):
+            stack.callback(replica.stop)
+        await steady.start()
+        try:
+            yield steady, victim
+        finally:
+            await steady.client.close()
+            await victim.client.close()
+
+
+async def kill_victim(
+    steady: Replica, victim: Replica, seen: list[str], rng: random.Random, *, clients: int
+) -> None:
+    """Five rounds: the victim starts, clients create through both, the victim is killed."""
+    for _ in range(5):
+        await victim.start()
+        stop = asyncio.Event()
+        creating = asyncio.create_task(create_until_killed([steady, victim], seen, stop, clients))
+        await asyncio.sleep(rng.uniform(0.3, 1.2))
+        victim.kill()
+        await asyncio.sleep(0.3)
+        stop.set()
+        await creating
+
+
+async def settled_after_sweep(store_url: str, seen: list[str], seconds: float) -> dict[str, Any]:
+    await wait_settled(store_url, seen, seconds)
+    await asyncio.sleep(2.5)  # one scheduled orphan sweep after the late answers
+    return await rows(store_url)
+
+
 def audit(state: FakeOpenAIState, stored: dict[str, dict[str, Any]]) -> tuple[int, int]:
     """(duplicates, orphans): live tagged upstream batches beyond one per row, or unclaimed."""
     live: dict[str, list[str]] = {}
@@ -234,32 +271,12 @@ async def test_sigkill_one_of_two_replicas_on_postgres_loses_and_duplicates_noth
 ) -> None:
     server, state = await busy_upstream(aiohttp_server)
     config = write_config(tmp_path, pg_url, server)
-    steady = Replica(config, tmp_path / "steady.log")
-    victim = Replica(config, tmp_path / "victim.log")
-    rng = random.Random(11)
     seen: list[str] = []
-    with ExitStack() as stack:
-        for replica in (steady, victim):
-            stack.callback(replica.stop)
-        await steady.start()
-        try:
-            for _ in range(5):
-                await victim.start()
-                stop = asyncio.Event()
-                clients = asyncio.create_task(create_until_killed([steady, victim], seen, stop, 20))
-                await asyncio.sleep(rng.uniform(0.3, 1.2))
-                victim.kill()
-                await asyncio.sleep(0.3)
-                stop.set()
-                await clients
-            # The survivor takes over the dead replica's creates and 120 s leases within
-            # seconds: waiting them out would take longer than this.
-            stored = await wait_settled(pg_url, seen, 60)
-            await asyncio.sleep(2.5)  # one scheduled orphan sweep after the late answers
-            stored = await rows(pg_url)
-        finally:
-            await steady.client.close()
-            await victim.client.close()
+    async with two_replicas(config, tmp_path) as (steady, victim):
+        await kill_victim(steady, victim, seen, random.Random(11), clients=20)
+        # The survivor takes over the dead replica's creates and 120 s leases within
+        # seconds: waiting them out would take longer than this.
+        stored = await settled_after_sweep(pg_url, seen, 60)
     assert len(seen) > 50 and len(set(seen)) == len(seen)
     assert audit(state, stored) == (0, 0)
     for batch_id in seen:

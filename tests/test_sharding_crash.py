@@ -9,9 +9,7 @@ at two providers, which are one busy fake account).
 
 from __future__ import annotations
 
-import asyncio
 import random
-from contextlib import ExitStack
 from pathlib import Path
 
 import yaml
@@ -20,13 +18,12 @@ from tests.support import read_lines
 from tests.test_crash_safety import (
     KEY,
     TERMINAL,
-    Replica,
     Servers,
     audit,
     busy_upstream,
-    create_until_killed,
-    rows,
-    wait_settled,
+    kill_victim,
+    settled_after_sweep,
+    two_replicas,
 )
 
 
@@ -66,43 +63,24 @@ async def test_sharded_batches_survive_a_replica_killed_five_times(
 ) -> None:
     server, state = await busy_upstream(aiohttp_server)
     config = write_sharding_config(tmp_path, pg_url, str(server.make_url("/v1")))
-    steady = Replica(config, tmp_path / "steady.log")
-    victim = Replica(config, tmp_path / "victim.log")
     rng = random.Random(19)
     seen: list[str] = []
-    with ExitStack() as stack:
-        for replica in (steady, victim):
-            stack.callback(replica.stop)
-        await steady.start()
-        try:
-            for _ in range(5):
-                await victim.start()
-                stop = asyncio.Event()
-                clients = asyncio.create_task(create_until_killed([steady, victim], seen, stop, 6))
-                await asyncio.sleep(rng.uniform(0.3, 1.2))
-                victim.kill()
-                await asyncio.sleep(0.3)
-                stop.set()
-                await clients
-            stored = await wait_settled(pg_url, seen, 90)
-            await asyncio.sleep(2.5)  # one scheduled orphan sweep after the late answers
-            stored = await rows(pg_url)
-            assert len(seen) > 10 and len(set(seen)) == len(seen)
-            # Children are rows too: each has exactly one live upstream batch, none orphaned.
-            assert audit(state, stored) == (0, 0)
-            for batch_id in seen:
-                assert stored[batch_id]["status"] in TERMINAL
-            for batch_id in seen:  # every line ran: no child was lost, cancelled or failed
-                batch = await steady.client.batches.retrieve(batch_id)
-                assert batch.status == "completed", batch
-                assert batch.request_counts is not None and batch.request_counts.completed == 2
-            for batch_id in rng.sample(seen, 5):
-                batch = await steady.client.batches.retrieve(batch_id)
-                out = await read_lines(steady.client, batch.output_file_id)
-                assert set(out) == {"req-0", "req-1"}
-        finally:
-            await steady.client.close()
-            await victim.client.close()
+    async with two_replicas(config, tmp_path) as (steady, victim):
+        await kill_victim(steady, victim, seen, rng, clients=6)
+        stored = await settled_after_sweep(pg_url, seen, 90)
+        assert len(seen) > 10 and len(set(seen)) == len(seen)
+        # Children are rows too: each has exactly one live upstream batch, none orphaned.
+        assert audit(state, stored) == (0, 0)
+        for batch_id in seen:
+            assert stored[batch_id]["status"] in TERMINAL
+        for batch_id in seen:  # every line ran: no child was lost, cancelled or failed
+            batch = await steady.client.batches.retrieve(batch_id)
+            assert batch.status == "completed", batch
+            assert batch.request_counts is not None and batch.request_counts.completed == 2
+        for batch_id in rng.sample(seen, 5):
+            batch = await steady.client.batches.retrieve(batch_id)
+            out = await read_lines(steady.client, batch.output_file_id)
+            assert set(out) == {"req-0", "req-1"}
     # A parent never reaches a provider itself; its two children do.
     assert all(stored[i]["upstream_id"] is None for i in seen)
     assert sum(1 for r in stored.values() if r["upstream_id"]) >= 2 * len(seen)

@@ -35,6 +35,7 @@ __all__ = [
     "response_line",
     "stable_hex",
     "shown_views",
+    "results_view",
     "split_named",
     "split_view",
     "views_deleted",
@@ -71,6 +72,17 @@ def split_named(
         name, part = "", None
     if not (view_name if part is not None else file_name).fullmatch(name):
         raise ProviderError("not_found", "No such file at the provider.")
+    return name, part
+
+
+def results_view(
+    upstream_file_id: str, view_name: re.Pattern[str], file_name: re.Pattern[str]
+) -> tuple[str, str]:
+    """`split_named` for a read: only a results view has bytes to give back (what was
+    staged or uploaded is the provider's format, not the file the client sent)."""
+    name, part = split_named(upstream_file_id, view_name, file_name)
+    if part is None:
+        raise ProviderError("not_found", "The provider keeps no readable copy of this file.")
     return name, part
 
 

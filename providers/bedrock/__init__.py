@@ -62,7 +62,7 @@ from providers.bedrock.storage import Storage
 from providers.bedrock.translate import record_transform
 from providers.context import ProviderContext, ProviderType, StateStore
 from providers.lines import rewritten
-from providers.results import VIEWS, batch_usage, split_named, views_deleted
+from providers.results import VIEWS, batch_usage, results_view, split_named, views_deleted
 
 __all__ = ["BedrockModel", "BedrockProvider", "BedrockProviderConfig"]
 
@@ -179,10 +179,7 @@ class BedrockProvider(BaseProvider):
 
     @asynccontextmanager
     async def _content(self, upstream_file_id: str) -> AsyncIterator[AsyncIterator[bytes]]:
-        name, part = _split(upstream_file_id)
-        if part is None:
-            # What was staged is Bedrock's record format, not the file the client sent.
-            raise ProviderError("not_found", "The provider keeps no readable copy of this file.")
+        name, part = results_view(upstream_file_id, JOB_ID, _INPUT_NAME)
         facts = await self._results(name)
 
         def scrub(text: str) -> str:

@@ -60,7 +60,7 @@ from providers.gemini.operations import (
 )
 from providers.http import HTTPProvider, iter_lines
 from providers.lines import rewritten, rewritten_size
-from providers.results import VIEWS, shown_views, split_named, views_deleted
+from providers.results import VIEWS, results_view, shown_views, split_named, views_deleted
 from providers.transport import UNSAFE_TARGET, HTTPSettings
 
 __all__ = ["GeminiProvider", "GeminiProviderConfig", "parse_batch", "rfc3339"]
@@ -226,10 +226,8 @@ class GeminiProvider(HTTPProvider):
 
     @asynccontextmanager
     async def _results(self, upstream_file_id: str) -> AsyncIterator[AsyncIterator[bytes]]:
-        name, part = _split(upstream_file_id)
-        if part is None:
-            # Uploaded files cannot be downloaded from the Files API.
-            raise ProviderError("not_found", "The provider keeps no readable copy of this file.")
+        # Uploaded files cannot be downloaded from the Files API: only results views.
+        name, part = results_view(upstream_file_id, FILE_NAME, FILE_NAME)
         facts = await self.state.load(f"results:{name}") or {}
         created = facts.get("created") or rfc3339((await self._file(name)).get("createTime"))
         path = f"/download/{self.version}/{name}:download?alt=media"

@@ -49,7 +49,14 @@ from providers.gcs import GCSClient, gs_location, gs_uri
 from providers.gemini.operations import rfc3339
 from providers.http import HTTPProvider, RawResponse
 from providers.lines import rewritten
-from providers.results import VIEWS, shown_views, split_named, stable_hex, views_deleted
+from providers.results import (
+    VIEWS,
+    results_view,
+    shown_views,
+    split_named,
+    stable_hex,
+    views_deleted,
+)
 from providers.tokens import BearerToken, TokenSource
 from providers.transport import Body, HTTPSettings
 from providers.vertex import translate
@@ -259,10 +266,7 @@ class VertexProvider(HTTPProvider):
 
     @asynccontextmanager
     async def _content(self, upstream_file_id: str) -> AsyncIterator[AsyncIterator[bytes]]:
-        name, part = _split(upstream_file_id)
-        if part is None:
-            # What was staged is Vertex's request format, not the file the client sent.
-            raise ProviderError("not_found", "The provider keeps no readable copy of this file.")
+        name, part = results_view(upstream_file_id, JOB_ID, _INPUT_NAME)
         facts = await self._output_facts(name)
         folder = gs_location(facts.get("dir") or "")
         bucket, files = "", []
